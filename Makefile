@@ -1,0 +1,53 @@
+# Every target sets up what it needs: on a fresh machine with Python 3.11 and make,
+# `make run` serves the app and `make test` runs every gate.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip --disable-pip-version-check
+
+.PHONY: run test install dev migrate fmt lint typecheck test-sqlite test-postgres lock clean
+
+run: install migrate
+	$(BIN)/nango-registry serve --port $${PORT:-8000}
+
+install: $(VENV)/.installed
+dev: $(VENV)/.dev-installed
+
+$(VENV)/.installed: requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --require-hashes -r requirements.lock
+	$(PIP) install --quiet --no-deps --no-build-isolation -e . || $(PIP) install --quiet --no-deps -e .
+	touch $@
+
+$(VENV)/.dev-installed: requirements-dev.lock $(VENV)/.installed
+	$(PIP) install --quiet --require-hashes -r requirements-dev.lock
+	touch $@
+
+migrate: install
+	$(BIN)/nango-registry migrate
+
+test: dev
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy --strict app
+	$(MAKE) test-sqlite
+	$(MAKE) test-postgres
+
+test-sqlite: dev
+	TEST_DB=sqlite $(BIN)/pytest
+
+test-postgres: dev
+	TEST_DB=postgres $(BIN)/pytest
+
+fmt: dev
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+# Re-pin after changing dependencies in pyproject.toml.
+lock: dev
+	$(PIP) install --quiet uv
+	$(BIN)/uv pip compile pyproject.toml -p 3.11 --generate-hashes -o requirements.lock -q
+	$(BIN)/uv pip compile pyproject.toml --extra dev -p 3.11 --generate-hashes -o requirements-dev.lock -q
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

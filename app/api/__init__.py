@@ -1,0 +1,1 @@
+"""The authenticated ``/v1`` API for the company's internal services."""

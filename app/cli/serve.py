@@ -1,0 +1,49 @@
+"""``nango-registry serve``: uvicorn on ``HOST``:``PORT`` with ``WEB_CONCURRENCY`` workers."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+from typing import Any
+
+import uvicorn
+
+from app.logs import configure_logging, get_logger
+from app.settings import load_settings
+
+log = get_logger(__name__)
+
+
+def register(commands: Any) -> None:
+    parser = commands.add_parser("serve", help="serve the HTTP API and the webhook receiver")
+    parser.add_argument("--host", help="overrides HOST")
+    parser.add_argument("--port", type=int, help="overrides PORT")
+    parser.add_argument("--workers", type=int, help="overrides WEB_CONCURRENCY")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    if settings.secret_key is None:
+        # Workers must share the key that signs pagination cursors, so the parent picks one.
+        os.environ["SECRET_KEY"] = secrets.token_urlsafe(32)
+        log.warning(
+            "secret_key_generated",
+            detail="SECRET_KEY is not set: pagination cursors will not survive a restart",
+        )
+    uvicorn.run(
+        "app.main:app",
+        host=args.host or settings.host,
+        port=args.port or settings.port,
+        workers=args.workers or settings.web_concurrency,
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=settings.graceful_shutdown_seconds,
+        timeout_keep_alive=75,
+    )
+    return 0

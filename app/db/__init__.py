@@ -1,0 +1,1 @@
+"""Database: the async engine, the tables, and the Alembic runner."""

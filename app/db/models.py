@@ -1,0 +1,193 @@
+"""The tables. API shapes live apart from these, in ``app/api/schemas.py``.
+
+Every schema change is an Alembic revision in ``migrations/``; ``tests/db/test_migrations.py``
+fails when these models and the migrations disagree.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import BigInteger, Column, ForeignKey, Index, Integer, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from app.db.types import JSONDocument, UTCDateTime, utcnow
+
+SQLModel.metadata.naming_convention = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# BIGINT on Postgres; SQLite only makes "INTEGER PRIMARY KEY" an auto-incrementing rowid.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def _id_column() -> Any:
+    return Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
+
+
+def _time(*, nullable: bool = False, index: bool = False) -> Any:
+    default = None if nullable else utcnow
+    return Field(
+        default_factory=default,
+        sa_column=Column(UTCDateTime(), nullable=nullable, index=index),
+    )
+
+
+class ConnectionStatus(StrEnum):
+    ACTIVE = "active"
+    AUTH_ERROR = "auth_error"
+    DELETED = "deleted"
+
+
+class DeliveryOutcome(StrEnum):
+    APPLIED = "applied"  # changed (or confirmed) a connection's state
+    RECORDED = "recorded"  # stored; nothing to apply (sync facts, forwards, unknown types)
+    FAILED = "failed"  # processing raised; `nango-registry replay` re-applies it
+
+
+class Connection(SQLModel, table=True):
+    __tablename__ = "connections"
+    __table_args__ = (
+        UniqueConstraint("environment", "integration_id", "connection_id"),
+        Index("ix_connections_end_user_id_id", "end_user_id", "id"),
+        Index("ix_connections_organization_id_id", "organization_id", "id"),
+        Index("ix_connections_integration_id_id", "integration_id", "id"),
+        Index("ix_connections_connection_id", "connection_id"),
+    )
+
+    id: int | None = _id_column()
+    environment: str = Field(max_length=255)
+    integration_id: str = Field(max_length=255)
+    connection_id: str = Field(max_length=255)
+    provider: str | None = Field(default=None, max_length=255)
+    auth_mode: str | None = Field(default=None, max_length=64)
+    end_user_id: str | None = Field(default=None, max_length=255)
+    end_user_email: str | None = Field(default=None, max_length=255)
+    end_user_display_name: str | None = Field(default=None, max_length=255)
+    organization_id: str | None = Field(default=None, max_length=255)
+    organization_display_name: str | None = Field(default=None, max_length=255)
+    tags: dict[str, str] = Field(
+        default_factory=dict, sa_column=Column(JSONDocument, nullable=False)
+    )
+    status: str = Field(default=ConnectionStatus.ACTIVE, max_length=16)
+    error_type: str | None = Field(default=None, max_length=255)
+    error_description: str | None = Field(default=None, sa_column=Column(Text))
+    error_since: datetime | None = _time(nullable=True)
+    last_sync_name: str | None = Field(default=None, max_length=255)
+    last_sync_model: str | None = Field(default=None, max_length=255)
+    last_sync_success: bool | None = None
+    last_sync_at: datetime | None = _time(nullable=True)
+    last_sync_error: str | None = Field(default=None, sa_column=Column(Text))
+    created_at: datetime = _time()
+    updated_at: datetime = _time()
+    deleted_at: datetime | None = _time(nullable=True)
+
+
+class ConnectionTag(SQLModel, table=True):
+    """One row per tag, so ``tag[KEY]=VALUE`` lookups use an index on both databases."""
+
+    __tablename__ = "connection_tags"
+    __table_args__ = (
+        Index("ix_connection_tags_key_value_connection", "key", "value", "connection_pk"),
+    )
+
+    connection_pk: int = Field(
+        sa_column=Column(BigId, ForeignKey("connections.id", ondelete="CASCADE"), primary_key=True)
+    )
+    key: str = Field(primary_key=True, max_length=64)
+    value: str = Field(max_length=255)
+
+
+class Delivery(SQLModel, table=True):
+    """The inbox: every verified webhook delivery, stored before it is acknowledged."""
+
+    __tablename__ = "deliveries"
+
+    id: int | None = _id_column()
+    # SHA-256 of the raw body; a repeat outside the dedupe window archives the older row's key
+    # with a "#<id>" suffix, so the constraint stays unique.
+    dedupe_key: str = Field(max_length=96, unique=True)
+    received_at: datetime = _time(index=True)
+    webhook_type: str | None = Field(default=None, max_length=64, index=True)
+    operation: str | None = Field(default=None, max_length=64)
+    success: bool | None = None
+    environment: str | None = Field(default=None, max_length=255)
+    integration_id: str | None = Field(default=None, max_length=255)
+    connection_id: str | None = Field(default=None, max_length=255, index=True)
+    body: str = Field(sa_column=Column(Text, nullable=False))
+    headers: dict[str, str] = Field(
+        default_factory=dict, sa_column=Column(JSONDocument, nullable=False)
+    )
+    outcome: str = Field(default=DeliveryOutcome.RECORDED, max_length=16, index=True)
+    error: str | None = Field(default=None, sa_column=Column(Text))
+    processed_at: datetime | None = _time(nullable=True)
+    attempts: int = 0
+
+
+class ConnectionEvent(SQLModel, table=True):
+    """A connection's history: every state change, and what caused it."""
+
+    __tablename__ = "connection_events"
+    __table_args__ = (Index("ix_connection_events_connection_pk_id", "connection_pk", "id"),)
+
+    id: int | None = _id_column()
+    connection_pk: int = Field(
+        sa_column=Column(BigId, ForeignKey("connections.id", ondelete="CASCADE"), nullable=False)
+    )
+    delivery_id: int | None = Field(
+        default=None,
+        sa_column=Column(BigId, ForeignKey("deliveries.id", ondelete="SET NULL"), nullable=True),
+    )
+    source: str = Field(max_length=32)  # webhook, reconcile, api, import
+    action: str = Field(max_length=64)  # creation, override, refresh, deletion, sync, ...
+    success: bool | None = None
+    from_status: str | None = Field(default=None, max_length=16)
+    to_status: str | None = Field(default=None, max_length=16)
+    detail: dict[str, Any] = Field(
+        default_factory=dict, sa_column=Column(JSONDocument, nullable=False)
+    )
+    created_at: datetime = _time()
+
+
+class ApiKey(SQLModel, table=True):
+    """Keys managed with ``nango-registry api-keys``; only a SHA-256 of the secret is stored."""
+
+    __tablename__ = "api_keys"
+
+    id: int | None = _id_column()
+    name: str = Field(max_length=128, unique=True)
+    key_hash: str = Field(max_length=64, unique=True)
+    read_only: bool = False
+    created_at: datetime = _time()
+    last_used_at: datetime | None = _time(nullable=True)
+    revoked_at: datetime | None = _time(nullable=True)
+
+
+class ReconcileRun(SQLModel, table=True):
+    __tablename__ = "reconcile_runs"
+
+    id: int | None = _id_column()
+    trigger: str = Field(max_length=32)  # api, cli, schedule
+    started_at: datetime = _time()
+    finished_at: datetime | None = _time(nullable=True)
+    status: str = Field(default="running", max_length=16)  # running, succeeded, failed
+    counts: dict[str, int] = Field(
+        default_factory=dict, sa_column=Column(JSONDocument, nullable=False)
+    )
+    error: str | None = Field(default=None, sa_column=Column(Text))
+
+
+class Lease(SQLModel, table=True):
+    """A named, expiring lock that works on SQLite and Postgres alike (one reconciler at a time)."""
+
+    __tablename__ = "leases"
+
+    name: str = Field(primary_key=True, max_length=64)
+    holder: str = Field(max_length=128)
+    expires_at: datetime = _time()

@@ -1,0 +1,145 @@
+"""Errors, and the one JSON shape they take: ``{"error": {"code": "...", "message": "..."}}``.
+
+Hierarchy::
+
+    ApiError                    any error this service answers on purpose
+    ├── BadRequest              400  invalid input (names the parameter)
+    ├── Unauthorized            401  missing or wrong credentials / signature
+    ├── Forbidden               403  a read-only key asked for a write
+    ├── NotFound                404
+    ├── Conflict                409  e.g. an ambiguous legacy connection ID
+    ├── PayloadTooLarge         413
+    ├── UpstreamError           502  Nango answered with an error (Nango's code is kept)
+    └── ServiceUnavailable      503  the database or a required setting is missing
+
+Anything else is a bug: it is logged with its traceback and answered with a plain 500 that
+carries no detail.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from app.logs import get_logger
+
+log = get_logger(__name__)
+
+
+class ApiError(Exception):
+    status_code = 500
+    code = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.headers = headers or {}
+        self.details = details
+
+
+class BadRequest(ApiError):
+    status_code = 400
+    code = "bad_request"
+
+
+class Unauthorized(ApiError):
+    status_code = 401
+    code = "unauthorized"
+
+
+class Forbidden(ApiError):
+    status_code = 403
+    code = "forbidden"
+
+
+class NotFound(ApiError):
+    status_code = 404
+    code = "not_found"
+
+
+class Conflict(ApiError):
+    status_code = 409
+    code = "conflict"
+
+
+class PayloadTooLarge(ApiError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class UpstreamError(ApiError):
+    status_code = 502
+    code = "nango_error"
+
+
+class ServiceUnavailable(ApiError):
+    status_code = 503
+    code = "service_unavailable"
+
+
+def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if details:
+        error["details"] = details
+    return {"error": error}
+
+
+def error_response(
+    status_code: int,
+    code: str,
+    message: str,
+    *,
+    headers: dict[str, str] | None = None,
+    details: dict[str, Any] | None = None,
+) -> JSONResponse:
+    return JSONResponse(
+        error_body(code, message, details), status_code=status_code, headers=headers
+    )
+
+
+async def handle_api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error_response(
+        exc.status_code, exc.code, exc.message, headers=exc.headers, details=exc.details
+    )
+
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+}
+
+
+async def handle_http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    headers = dict(exc.headers) if exc.headers else None
+    return error_response(exc.status_code, code, str(exc.detail), headers=headers)
+
+
+async def handle_unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled_error", path=request.url.path)
+    return error_response(500, "internal_error", "internal error; see the service logs")
+
+
+EXCEPTION_HANDLERS: dict[Any, Any] = {
+    ApiError: handle_api_error,
+    HTTPException: handle_http_exception,
+    Exception: handle_unexpected,
+}

@@ -1,0 +1,1 @@
+"""The outbound client for Nango's API (Connect sessions, connections)."""

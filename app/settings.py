@@ -1,0 +1,157 @@
+"""The one typed settings object. Nothing else in the app reads ``os.environ``."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_DATABASE_URL = "sqlite:///./nango-registry.db"
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKey:
+    """A webhook signing key, optionally bound to one Nango environment (``prod=KEY``)."""
+
+    key: bytes
+    environment: str | None = None
+
+
+def normalise_database_url(url: str) -> str:
+    """Return the async SQLAlchemy URL for a user-facing database URL.
+
+    Heroku and Render hand out ``postgres://`` URLs, which SQLAlchemy no longer accepts; every
+    Postgres spelling is mapped to psycopg 3 and every SQLite spelling to aiosqlite.
+    """
+    url = url.strip()
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ValueError("must be a URL such as postgresql://user@host/db or sqlite:///file.db")
+    base = scheme.split("+", 1)[0].lower()
+    if base in {"postgres", "postgresql"}:
+        return f"postgresql+psycopg://{rest}"
+    if base == "sqlite":
+        return f"sqlite+aiosqlite://{rest}"
+    raise ValueError(f"unsupported scheme {scheme!r}: use postgresql:// or sqlite://")
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    # Service
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    web_concurrency: int = Field(default=1, ge=1, le=64)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    forwarded_allow_ips: str = "127.0.0.1"
+    secret_key: SecretStr | None = None
+    graceful_shutdown_seconds: int = Field(default=20, ge=1, le=300)
+
+    # Database
+    database_url: str = DEFAULT_DATABASE_URL
+    database_pool_size: int = Field(default=5, ge=1, le=100)
+    database_max_overflow: int = Field(default=2, ge=0, le=100)
+    database_pool_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+
+    # Webhook receiver
+    nango_webhook_signing_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    nango_accept_legacy_signature: bool = False
+    webhook_max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    webhook_dedupe_window_seconds: int = Field(default=300, ge=0, le=7 * 24 * 3600)
+
+    # Lookup API
+    registry_api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    metrics_enabled: bool = True
+
+    # Nango API
+    nango_host: str = "https://api.nango.dev"
+    nango_secret_key: SecretStr | None = None
+    nango_environment: str = "prod"
+    nango_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    nango_max_retries: int = Field(default=2, ge=0, le=10)
+    nango_legacy_hmac_key: SecretStr | None = None
+    reconcile_interval_seconds: int | None = Field(default=None, ge=10)
+
+    @field_validator("nango_webhook_signing_keys", "registry_api_keys", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        return normalise_database_url(value)
+
+    @field_validator("nango_host")
+    @classmethod
+    def _nango_host(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value
+
+    @field_validator("reconcile_interval_seconds", mode="before")
+    @classmethod
+    def _blank_is_off(cls, value: object) -> object:
+        return None if value in ("", "0", 0, "off") else value
+
+    @field_validator("nango_webhook_signing_keys")
+    @classmethod
+    def _signing_keys(cls, value: list[SecretStr]) -> list[SecretStr]:
+        for entry in value:
+            environment, sep, key = entry.get_secret_value().partition("=")
+            if sep and (not environment.strip() or not key.strip()):
+                raise ValueError("each entry is KEY or ENVIRONMENT=KEY, with neither part empty")
+        return value
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @cached_property
+    def signing_keys(self) -> tuple[SigningKey, ...]:
+        keys = []
+        for entry in self.nango_webhook_signing_keys:
+            raw = entry.get_secret_value()
+            # A UUID key never contains "=", so "ENV=KEY" is unambiguous.
+            environment, sep, key = raw.partition("=")
+            if sep:
+                keys.append(SigningKey(key=key.strip().encode(), environment=environment.strip()))
+            else:
+                keys.append(SigningKey(key=raw.encode()))
+        return tuple(keys)
+
+
+class SettingsError(SystemExit):
+    """Raised instead of a traceback when the environment holds an invalid setting."""
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    problems = []
+    for item in error.errors():
+        name = str(item["loc"][0]).upper() if item["loc"] else "settings"
+        message = item["msg"].removeprefix("Value error, ")
+        problems.append(f"{name}: {message}")
+    return "invalid setting " + "; ".join(problems)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment (and ``.env``), stopping with one clear line on error."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as error:
+        message = f"nango-registry: {describe_validation_error(error)}"
+        print(message, file=sys.stderr)
+        raise SettingsError(2) from None

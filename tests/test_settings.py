@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from app.settings import Settings, SigningKey, normalise_database_url
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("postgres://u:p@h:5432/db", "postgresql+psycopg://u:p@h:5432/db"),
+        ("postgresql://u@h/db?sslmode=require", "postgresql+psycopg://u@h/db?sslmode=require"),
+        ("postgresql+psycopg2://u@h/db", "postgresql+psycopg://u@h/db"),
+        ("sqlite:///./x.db", "sqlite+aiosqlite:///./x.db"),
+        ("sqlite:////abs/x.db", "sqlite+aiosqlite:////abs/x.db"),
+    ],
+)
+def test_database_urls_are_normalised(given: str, expected: str) -> None:
+    assert normalise_database_url(given) == expected
+
+
+def test_defaults_use_sqlite_in_the_working_directory(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert settings.database_url == "sqlite+aiosqlite:///./nango-registry.db"
+    assert settings.is_sqlite
+    assert settings.webhook_max_body_bytes == 2 * 1024 * 1024
+
+
+def test_comma_separated_keys_with_environment_binding(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NANGO_WEBHOOK_SIGNING_KEYS", " old-key , prod=new-key,dev=dev-key ")
+    monkeypatch.setenv("REGISTRY_API_KEYS", "a,b")
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert settings.signing_keys == (
+        SigningKey(b"old-key"),
+        SigningKey(b"new-key", "prod"),
+        SigningKey(b"dev-key", "dev"),
+    )
+    assert [key.get_secret_value() for key in settings.registry_api_keys] == ["a", "b"]
+
+
+def test_env_file_is_read(tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PORT", raising=False)
+    monkeypatch.chdir(str(tmp_path))
+    with open(".env", "w") as env:
+        env.write("PORT=9123\n")
+    assert Settings().port == 9123
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("DATABASE_URL", "mysql://u@h/db"),
+        ("WEBHOOK_MAX_BODY_BYTES", "lots"),
+        ("PORT", "70000"),
+        ("NANGO_HOST", "api.nango.dev"),
+        ("NANGO_WEBHOOK_SIGNING_KEYS", "prod="),
+    ],
+)
+def test_invalid_setting_stops_with_one_clear_line(name: str, value: str, tmp_path: object) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "app.cli", "migrate"],
+        env={"PATH": "/usr/bin:/bin", name: value},
+        cwd=str(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"nango-registry: invalid setting {name}:")
+    assert "Traceback" not in result.stderr
+    if name == "NANGO_WEBHOOK_SIGNING_KEYS":
+        assert "prod=" not in lines[0].split(":", 2)[2] or value not in lines[0]
