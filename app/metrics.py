@@ -1,0 +1,37 @@
+"""Prometheus metrics. Every module counts through the objects defined here."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+WEBHOOK_DELIVERIES = Counter(
+    "nango_registry_webhook_deliveries",
+    "Webhook deliveries by type and outcome (applied, recorded, failed, duplicate, rejected)",
+    ["type", "outcome"],
+)
+SIGNATURE_FAILURES = Counter(
+    "nango_registry_webhook_signature_failures",
+    "Webhook requests refused because the signature did not verify",
+    ["reason"],
+)
+LOOKUPS = Counter(
+    "nango_registry_lookups",
+    "Lookup API requests by route",
+    ["route"],
+)
+RECONCILE_RUNS = Counter(
+    "nango_registry_reconcile_runs",
+    "Reconciliation runs by trigger and result",
+    ["trigger", "status"],
+)
+DATABASE_ERRORS = Counter(
+    "nango_registry_database_errors",
+    "Database operations that failed (answered 503)",
+    ["operation"],
+)
+REQUEST_LATENCY = Histogram(
+    "nango_registry_request_duration_seconds",
+    "HTTP request latency by route template and status class",
+    ["method", "route", "status"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
