@@ -1,0 +1,258 @@
+"""Storing connections: concurrency-safe upserts, attribution merges, tags and history.
+
+Every writer (webhooks, reconcile, CSV import, the API's delete) goes through these functions,
+so the rules hold whatever the source: attribution is merged and never erased, every tag is
+indexed in ``connection_tags``, and every change is kept in ``connection_events``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete
+from sqlalchemy.dialects.postgresql import insert as postgres_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col, select
+
+from app.db.models import Connection, ConnectionEvent, ConnectionStatus, ConnectionTag
+from app.db.types import utcnow
+
+MAX_TAG_KEY = 64
+MAX_TAG_VALUE = 255
+MAX_TEXT = 255
+
+
+def clean_text(value: object, *, limit: int = MAX_TEXT) -> str | None:
+    """A string fit for any column on both databases, or None.
+
+    Postgres refuses NUL characters and lone surrogates, both of which valid JSON can carry.
+    """
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | float):
+        value = str(value)
+    if not isinstance(value, str):
+        return None
+    text = value.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
+    text = text.strip()
+    return text[:limit] if text else None
+
+
+def clean_tags(value: object) -> dict[str, str]:
+    if not isinstance(value, Mapping):
+        return {}
+    tags: dict[str, str] = {}
+    for raw_key, raw_value in value.items():
+        key = clean_text(raw_key, limit=MAX_TAG_KEY)
+        text = clean_text(raw_value, limit=4096)
+        if key is not None and text is not None:
+            tags[key] = text
+    return tags
+
+
+@dataclass(frozen=True, slots=True)
+class Attribution:
+    """Who owns a connection, as far as one source knows. Missing fields are None."""
+
+    end_user_id: str | None = None
+    end_user_email: str | None = None
+    end_user_display_name: str | None = None
+    organization_id: str | None = None
+    organization_display_name: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_nango(cls, *, tags: object, end_user: object) -> Attribution:
+        """Tags first (the current API), then the deprecated ``endUser``/``end_user`` object."""
+        clean = clean_tags(tags)
+        legacy: Mapping[str, Any] = end_user if isinstance(end_user, Mapping) else {}
+
+        def pick(tag: str, *legacy_keys: str) -> str | None:
+            if clean.get(tag):
+                return clean_text(clean[tag])
+            for name in legacy_keys:
+                found = clean_text(legacy.get(name))
+                if found:
+                    return found
+            return None
+
+        return cls(
+            end_user_id=pick("end_user_id", "endUserId", "id"),
+            end_user_email=pick("end_user_email", "endUserEmail", "email"),
+            end_user_display_name=pick("end_user_display_name", "displayName", "display_name"),
+            organization_id=pick("organization_id", "organizationId", "organization_id"),
+            organization_display_name=pick("organization_display_name"),
+            tags=clean,
+        )
+
+
+def _insert_for(session: AsyncSession) -> Any:
+    dialect = session.get_bind().dialect.name
+    return postgres_insert if dialect == "postgresql" else sqlite_insert
+
+
+async def lock_connection(
+    session: AsyncSession,
+    *,
+    environment: str,
+    integration_id: str,
+    connection_id: str,
+    provider: str | None = None,
+    auth_mode: str | None = None,
+    status: ConnectionStatus = ConnectionStatus.ACTIVE,
+    now: datetime | None = None,
+) -> tuple[Connection, bool]:
+    """Return the connection, creating it if missing, locked for the rest of the transaction.
+
+    ``INSERT .. ON CONFLICT DO NOTHING`` then ``SELECT .. FOR UPDATE`` makes concurrent first
+    events for one connection create exactly one row and apply one after the other.
+    """
+    now = now or utcnow()
+    insert = _insert_for(session)
+    statement = (
+        insert(Connection)
+        .values(
+            environment=environment,
+            integration_id=integration_id,
+            connection_id=connection_id,
+            provider=provider,
+            auth_mode=auth_mode,
+            tags={},
+            status=status,
+            created_at=now,
+            updated_at=now,
+        )
+        .on_conflict_do_nothing(index_elements=["environment", "integration_id", "connection_id"])
+        .returning(col(Connection.id))
+    )
+    created = (await session.execute(statement)).scalar_one_or_none() is not None
+    query = (
+        select(Connection)
+        .where(
+            col(Connection.environment) == environment,
+            col(Connection.integration_id) == integration_id,
+            col(Connection.connection_id) == connection_id,
+        )
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    connection = (await session.execute(query)).scalar_one()
+    if not created:
+        connection.provider = provider or connection.provider
+        connection.auth_mode = auth_mode or connection.auth_mode
+    return connection, created
+
+
+async def merge_attribution(
+    session: AsyncSession, *, connection: Connection, attribution: Attribution
+) -> bool:
+    """Fill in what the source knows; never erase what is stored. Returns True if changed."""
+    changed = False
+    for name in (
+        "end_user_id",
+        "end_user_email",
+        "end_user_display_name",
+        "organization_id",
+        "organization_display_name",
+    ):
+        value = getattr(attribution, name)
+        if value is not None and getattr(connection, name) != value:
+            setattr(connection, name, value)
+            changed = True
+    merged = {**(connection.tags or {}), **attribution.tags}
+    if merged != (connection.tags or {}):
+        connection.tags = merged
+        await _index_tags(session, connection=connection)
+        changed = True
+    return changed
+
+
+async def _index_tags(session: AsyncSession, *, connection: Connection) -> None:
+    assert connection.id is not None
+    await session.execute(
+        delete(ConnectionTag).where(col(ConnectionTag.connection_pk) == connection.id)
+    )
+    rows = [
+        {"connection_pk": connection.id, "key": key, "value": value}
+        for key, value in connection.tags.items()
+        # Over-long values stay in the JSON tags but are not indexed for tag[KEY]=VALUE lookups.
+        if len(key) <= MAX_TAG_KEY and len(value) <= MAX_TAG_VALUE
+    ]
+    if rows:
+        await session.execute(_insert_for(session)(ConnectionTag).values(rows))
+
+
+async def change_status(
+    session: AsyncSession,
+    *,
+    connection: Connection,
+    status: ConnectionStatus,
+    source: str,
+    action: str,
+    success: bool | None = None,
+    error_type: str | None = None,
+    error_description: str | None = None,
+    delivery_id: int | None = None,
+    detail: dict[str, Any] | None = None,
+    now: datetime | None = None,
+) -> None:
+    """Move a connection to ``status`` (or confirm it) and record why in its history."""
+    now = now or utcnow()
+    previous = connection.status
+    connection.status = status
+    if status == ConnectionStatus.ACTIVE:
+        connection.error_type = connection.error_description = None
+        connection.error_since = None
+    elif status == ConnectionStatus.AUTH_ERROR:
+        if previous != ConnectionStatus.AUTH_ERROR or connection.error_since is None:
+            connection.error_since = now
+        connection.error_type = error_type
+        connection.error_description = error_description
+    elif status == ConnectionStatus.DELETED and connection.deleted_at is None:
+        connection.deleted_at = now
+    connection.updated_at = now
+    await record_event(
+        session,
+        connection=connection,
+        source=source,
+        action=action,
+        success=success,
+        from_status=previous,
+        to_status=status,
+        delivery_id=delivery_id,
+        detail=detail,
+        now=now,
+    )
+
+
+async def record_event(
+    session: AsyncSession,
+    *,
+    connection: Connection,
+    source: str,
+    action: str,
+    success: bool | None = None,
+    from_status: str | None = None,
+    to_status: str | None = None,
+    delivery_id: int | None = None,
+    detail: dict[str, Any] | None = None,
+    now: datetime | None = None,
+) -> None:
+    assert connection.id is not None
+    session.add(
+        ConnectionEvent(
+            connection_pk=connection.id,
+            delivery_id=delivery_id,
+            source=source,
+            action=action,
+            success=success,
+            from_status=from_status,
+            to_status=to_status,
+            detail=detail or {},
+            created_at=now or utcnow(),
+        )
+    )
