@@ -17,6 +17,7 @@ from app.logs import get_logger
 from app.middleware import RequestContextMiddleware
 from app.settings import Settings
 from app.state import AppState
+from app.webhooks.routes import ROUTES as WEBHOOK_ROUTES
 
 log = get_logger(__name__)
 
@@ -25,6 +26,7 @@ def _routes() -> list[BaseRoute]:
     return [
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
+        *WEBHOOK_ROUTES,
     ]
 
 

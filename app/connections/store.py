@@ -90,7 +90,7 @@ class Attribution:
         )
 
 
-def _insert_for(session: AsyncSession) -> Any:
+def dialect_insert(session: AsyncSession) -> Any:
     dialect = session.get_bind().dialect.name
     return postgres_insert if dialect == "postgresql" else sqlite_insert
 
@@ -112,7 +112,7 @@ async def lock_connection(
     events for one connection create exactly one row and apply one after the other.
     """
     now = now or utcnow()
-    insert = _insert_for(session)
+    insert = dialect_insert(session)
     statement = (
         insert(Connection)
         .values(
@@ -183,7 +183,7 @@ async def _index_tags(session: AsyncSession, *, connection: Connection) -> None:
         if len(key) <= MAX_TAG_KEY and len(value) <= MAX_TAG_VALUE
     ]
     if rows:
-        await session.execute(_insert_for(session)(ConnectionTag).values(rows))
+        await session.execute(dialect_insert(session)(ConnectionTag).values(rows))
 
 
 async def change_status(
@@ -198,11 +198,16 @@ async def change_status(
     error_description: str | None = None,
     delivery_id: int | None = None,
     detail: dict[str, Any] | None = None,
+    created: bool = False,
     now: datetime | None = None,
 ) -> None:
-    """Move a connection to ``status`` (or confirm it) and record why in its history."""
+    """Move a connection to ``status`` (or confirm it) and record why in its history.
+
+    ``created`` says the connection was inserted in this transaction: its history then starts
+    from no status.
+    """
     now = now or utcnow()
-    previous = connection.status
+    previous: str | None = None if created else connection.status
     connection.status = status
     if status == ConnectionStatus.ACTIVE:
         connection.error_type = connection.error_description = None

@@ -1,0 +1,1 @@
+"""``POST /webhooks/nango``: verify the signature, store the delivery, apply it."""

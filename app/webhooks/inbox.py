@@ -1,0 +1,189 @@
+"""The inbox: every verified delivery is stored, once, before it is acknowledged.
+
+Nango sends no delivery ID, so a delivery is identified by the SHA-256 of its raw body. The same
+body again within ``WEBHOOK_DEDUPE_WINDOW_SECONDS`` is a retry and changes nothing; after the
+window it is a new event (a refresh that fails again after a recovery sends the very same body),
+so the older row's key is archived as ``<sha256>#<id>`` and the new delivery is stored.
+
+Storing and applying share one transaction. Applying runs inside a savepoint: when it fails
+with a bug or unexpected data, the savepoint is rolled back, the delivery is kept with the error
+(``outcome = failed``) for ``nango-registry replay``, and Nango still gets its 2xx, since a retry
+would fail the same way. Only a database that cannot commit makes the request fail (503).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlmodel import col, select
+
+from app.connections.state import apply_delivery
+from app.connections.store import clean_text, dialect_insert
+from app.db.models import Delivery, DeliveryOutcome
+from app.db.types import utcnow
+from app.logs import get_logger
+from app.webhooks.payloads import Envelope
+
+log = get_logger(__name__)
+
+# Headers worth keeping for diagnosis. Signatures are never stored.
+KEPT_HEADERS = ("content-type", "user-agent", "x-request-id", "x-forwarded-for")
+
+
+def dedupe_key(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
+def kept_headers(headers: Any) -> dict[str, str]:
+    kept = {}
+    for name in KEPT_HEADERS:
+        value = clean_text(headers.get(name), limit=512)
+        if value is not None:
+            kept[name] = value
+    return kept
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    delivery_id: int | None  # None: a duplicate
+    outcome: str
+    error: str | None = None
+
+
+async def record_delivery(
+    session: AsyncSession,
+    *,
+    body: bytes,
+    envelope: Envelope,
+    headers: dict[str, str],
+    dedupe_window_seconds: int,
+) -> int | None:
+    """Insert the delivery; return its ID, or None when it is a duplicate."""
+    key = dedupe_key(body)
+    now = utcnow()
+    insert = dialect_insert(session)
+    values = {
+        "dedupe_key": key,
+        "received_at": now,
+        "webhook_type": envelope.webhook_type,
+        "operation": envelope.operation,
+        "success": envelope.success,
+        "environment": envelope.environment,
+        "integration_id": envelope.integration_id,
+        "connection_id": envelope.connection_id,
+        "body": body.decode("utf-8"),
+        "headers": headers,
+        "outcome": DeliveryOutcome.RECORDED,
+        "attempts": 0,
+    }
+    # Bounded: each turn either inserts, finds a duplicate, or archives a stale row that a
+    # concurrent request had not archived yet.
+    for _ in range(5):
+        statement = (
+            insert(Delivery)
+            .values(**values)
+            .on_conflict_do_nothing(index_elements=["dedupe_key"])
+            .returning(col(Delivery.id))
+        )
+        inserted = (await session.execute(statement)).scalar_one_or_none()
+        if inserted is not None:
+            return int(inserted)
+        existing = (
+            await session.execute(
+                select(col(Delivery.id), col(Delivery.received_at))
+                .where(col(Delivery.dedupe_key) == key)
+                .with_for_update()
+            )
+        ).first()
+        if existing is None:
+            continue
+        window = dedupe_window_seconds
+        if window == 0 or now - existing.received_at < timedelta(seconds=window):
+            return None
+        await session.execute(
+            update(Delivery)
+            .where(col(Delivery.id) == existing.id, col(Delivery.dedupe_key) == key)
+            .values(dedupe_key=f"{key}#{existing.id}")
+        )
+    raise RuntimeError("could not store the delivery after repeated dedupe conflicts")
+
+
+def _is_connection_failure(error: BaseException) -> bool:
+    """A failure of the database itself (retry later), not of this delivery's data."""
+    if isinstance(error, OperationalError):
+        return True
+    return isinstance(error, DBAPIError) and error.connection_invalidated
+
+
+async def process_delivery(
+    session: AsyncSession,
+    *,
+    delivery_id: int,
+    payload: Any,
+    envelope: Envelope,
+    default_environment: str,
+) -> IngestResult:
+    """Apply a stored delivery in a savepoint and record the outcome on it."""
+    error_text: str | None = None
+    try:
+        async with session.begin_nested():
+            outcome = await apply_delivery(
+                session,
+                delivery_id=delivery_id,
+                payload=payload,
+                envelope=envelope,
+                default_environment=default_environment,
+            )
+    except Exception as error:
+        if _is_connection_failure(error):
+            raise
+        outcome = DeliveryOutcome.FAILED
+        error_text = f"{type(error).__name__}: {error}"[:2000]
+        log.error("delivery_failed", delivery_id=delivery_id, error_type=type(error).__name__)
+    await session.execute(
+        update(Delivery)
+        .where(col(Delivery.id) == delivery_id)
+        .values(
+            outcome=outcome,
+            error=error_text,
+            processed_at=utcnow(),
+            attempts=col(Delivery.attempts) + 1,
+        )
+    )
+    return IngestResult(delivery_id, outcome, error_text)
+
+
+async def ingest(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    *,
+    body: bytes,
+    payload: Any,
+    envelope: Envelope,
+    headers: dict[str, str],
+    dedupe_window_seconds: int,
+    default_environment: str,
+) -> IngestResult:
+    """Store and apply one delivery in one transaction; returns once it is committed."""
+    async with sessionmaker() as session, session.begin():
+        delivery_id = await record_delivery(
+            session,
+            body=body,
+            envelope=envelope,
+            headers=headers,
+            dedupe_window_seconds=dedupe_window_seconds,
+        )
+        if delivery_id is None:
+            return IngestResult(None, "duplicate")
+        return await process_delivery(
+            session,
+            delivery_id=delivery_id,
+            payload=payload,
+            envelope=envelope,
+            default_environment=default_environment,
+        )

@@ -1,0 +1,130 @@
+"""``POST /webhooks/nango``.
+
+Status codes are chosen for the sender: Nango retries only network errors and 5xx, and treats
+every 4xx (429 included) as final. So a delivery this service could store later gets 503, one
+that can never be accepted gets a 4xx, and 429 and 410 are never used.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from app.errors import BadRequest, PayloadTooLarge, ServiceUnavailable, Unauthorized
+from app.logs import get_logger
+from app.metrics import DATABASE_ERRORS, SIGNATURE_FAILURES, WEBHOOK_DELIVERIES
+from app.state import app_state
+from app.webhooks.inbox import ingest, kept_headers
+from app.webhooks.payloads import InvalidBody, body_environment, parse_body, read_envelope
+from app.webhooks.signature import verify_signature
+
+log = get_logger(__name__)
+
+RETRY_AFTER_SECONDS = "5"
+
+
+async def read_limited(request: Request, limit: int) -> bytes:
+    """Read the body, refusing it as soon as it is larger than ``limit``.
+
+    Content-Length is checked first when given, and the count is enforced while reading, so a
+    missing or lying Content-Length (or a chunked body) cannot make the process buffer more.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"webhook body is larger than {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"webhook body is larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def receive_webhook(request: Request) -> JSONResponse:
+    state = app_state(request)
+    settings = state.settings
+    if not settings.signing_keys:
+        log.error("webhook_refused", reason="NANGO_WEBHOOK_SIGNING_KEYS is not set")
+        raise ServiceUnavailable(
+            "no webhook signing key is configured: set NANGO_WEBHOOK_SIGNING_KEYS",
+            code="not_configured",
+            headers={"Retry-After": "60"},
+        )
+    try:
+        body = await read_limited(request, settings.webhook_max_body_bytes)
+    except ClientDisconnect:
+        raise BadRequest("the client disconnected before sending the whole body") from None
+
+    raw_headers = dict(request.headers.raw)
+    key = verify_signature(
+        body=body,
+        hmac_header=raw_headers.get(b"x-nango-hmac-sha256"),
+        legacy_header=raw_headers.get(b"x-nango-signature"),
+        keys=settings.signing_keys,
+        accept_legacy=settings.nango_accept_legacy_signature,
+    )
+    if key is None:
+        SIGNATURE_FAILURES.labels(reason="mismatch").inc()
+        log.warning("webhook_rejected", reason="signature")
+        raise Unauthorized("the webhook signature does not verify", code="invalid_signature")
+
+    try:
+        payload = parse_body(body)
+    except InvalidBody as error:
+        WEBHOOK_DELIVERIES.labels(type="invalid", outcome="rejected").inc()
+        log.warning("webhook_rejected", reason="not_json", error=str(error))
+        raise BadRequest("the webhook body is not UTF-8 JSON", code="invalid_body") from None
+
+    if key.environment is not None and body_environment(payload) != key.environment:
+        SIGNATURE_FAILURES.labels(reason="environment").inc()
+        log.warning("webhook_rejected", reason="environment", bound_to=key.environment)
+        raise Unauthorized(
+            "the signing key is bound to another environment", code="invalid_signature"
+        )
+
+    envelope = read_envelope(payload)
+    try:
+        result = await ingest(
+            state.sessionmaker,
+            body=body,
+            payload=payload,
+            envelope=envelope,
+            headers=kept_headers(request.headers),
+            dedupe_window_seconds=settings.webhook_dedupe_window_seconds,
+            default_environment=settings.nango_environment,
+        )
+    except (SQLAlchemyError, OSError, TimeoutError) as error:
+        DATABASE_ERRORS.labels(operation="webhook").inc()
+        log.error("webhook_not_stored", error_type=type(error).__name__)
+        raise ServiceUnavailable(
+            "the delivery could not be stored; retry later",
+            code="storage_unavailable",
+            headers={"Retry-After": RETRY_AFTER_SECONDS},
+        ) from None
+
+    WEBHOOK_DELIVERIES.labels(type=envelope.webhook_type, outcome=result.outcome).inc()
+    request.scope["state"]["outcome"] = result.outcome
+    log.info(
+        "webhook",
+        type=envelope.webhook_type,
+        operation=envelope.operation,
+        success=envelope.success,
+        environment=envelope.environment,
+        integration_id=envelope.integration_id,
+        connection_id=envelope.connection_id,
+        outcome=result.outcome,
+        delivery_id=result.delivery_id,
+    )
+    return JSONResponse({"status": result.outcome, "delivery_id": result.delivery_id})
+
+
+ROUTES = [
+    Route("/webhooks/nango", receive_webhook, methods=["POST"]),
+    # The same handler without a redirect: Nango follows 3xx, but a redirect costs a round trip
+    # and some routers turn POST into GET on the way.
+    Route("/webhooks/nango/", receive_webhook, methods=["POST"]),
+]
