@@ -1,0 +1,424 @@
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, text
+from starlette.testclient import TestClient
+
+from app.application import create_app
+from app.db.types import utcnow
+from app.webhooks import inbox
+from app.webhooks.signature import verify_signature
+from tests.conftest import TEST_SIGNING_KEY
+from tests.webhooks.helpers import (
+    BY_NAME,
+    VECTORS,
+    VECTORS_FILE,
+    auth_body,
+    legacy_sign,
+    sign,
+    signed_headers,
+)
+
+SHARED_VECTORS = Path(__file__).resolve().parents[3] / "shared" / "nango" / "webhook-vectors.json"
+
+
+def post(client: TestClient, body: bytes, headers: dict[str, str] | None = None) -> Any:
+    return client.post("/webhooks/nango", content=body, headers=headers or signed_headers(body))
+
+
+def count(engine: Engine, table: str) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one())  # noqa: S608
+
+
+def deliveries(engine: Engine) -> list[Any]:
+    with engine.connect() as conn:
+        return list(conn.execute(text("SELECT * FROM deliveries ORDER BY id")).mappings())
+
+
+@pytest.mark.skipif(not SHARED_VECTORS.exists(), reason="../shared is not beside this checkout")
+def test_vector_file_is_the_shared_one_unchanged() -> None:
+    assert VECTORS_FILE.read_bytes() == SHARED_VECTORS.read_bytes()
+
+
+def test_facts_signature_vectors() -> None:
+    from app.settings import SigningKey
+
+    key = SigningKey(b"secret")
+    hmac_hex = b"b82fcb791acec57859b989b430a826488ce2e479fdf92326bd0a2e8375a42ba4"
+    legacy_hex = b"22439a879b090cd05e5b51c5b5d7e4a205830e6ab4f54b90f5a822b7c7110934"
+    common = {"body": b"payload", "keys": [key]}
+    assert verify_signature(hmac_header=hmac_hex, legacy_header=None, accept_legacy=False, **common)
+    assert verify_signature(
+        hmac_header=None, legacy_header=legacy_hex, accept_legacy=True, **common
+    )
+    assert not verify_signature(
+        hmac_header=None, legacy_header=legacy_hex, accept_legacy=False, **common
+    )
+
+
+EXPECTED_OUTCOME = {
+    "auth-creation-enduser-legacy": "applied",
+    "auth-creation-tags-only": "applied",
+    "auth-override": "applied",
+    "auth-refresh-failure": "applied",
+    "auth-creation-failure": "recorded",
+    "auth-non-ascii": "applied",
+    "sync-success": "recorded",  # no connection known yet: stored, nothing to update
+    "sync-error": "recorded",
+    "forward": "recorded",
+    "async-action": "recorded",
+}
+
+
+@pytest.mark.parametrize("vector", VECTORS, ids=[v["name"] for v in VECTORS])
+def test_every_vector_is_verified_stored_and_acknowledged(
+    client: TestClient, sync_engine: Engine, vector: dict[str, str]
+) -> None:
+    body = vector["body"].encode("utf-8")
+    response = post(client, body, {"X-Nango-Hmac-Sha256": vector["x_nango_hmac_sha256"]})
+    assert response.status_code == 200
+    assert response.json()["status"] == EXPECTED_OUTCOME[vector["name"]]
+    stored = deliveries(sync_engine)
+    assert len(stored) == 1
+    assert stored[0]["body"].encode("utf-8") == body
+    payload = json.loads(body)
+    assert stored[0]["connection_id"] == payload.get("connectionId")
+    assert stored[0]["webhook_type"] == payload["type"]
+
+
+def test_all_vectors_in_sequence_build_the_expected_connections(
+    client: TestClient, sync_engine: Engine
+) -> None:
+    for vector in VECTORS:
+        body = vector["body"].encode("utf-8")
+        assert post(client, body, {"X-Nango-Hmac-Sha256": vector["x_nango_hmac_sha256"]}).is_success
+    with sync_engine.connect() as conn:
+        rows = {
+            (row.integration_id, row.connection_id): row
+            for row in conn.execute(text("SELECT * FROM connections"))
+        }
+    github = rows[("github", "b8a9f6a2-3c1d-4e5f-8a7b-9c0d1e2f3a4b")]
+    assert github.status == "auth_error"
+    assert github.error_type == "refresh_token_external_error"
+    assert (github.end_user_id, github.organization_id) == ("user_123", "org_456")
+    assert github.end_user_email == "jane@acme.com"
+    assert github.last_sync_name == "issues"
+    assert github.last_sync_success is False or github.last_sync_success == 0
+    assert github.last_sync_error == "An error occurred during an HTTP call"
+    hubspot = rows[("hubspot", "0c2f6d1e-7b7a-4c39-9f4e-3d2a1b0c9e8f")]
+    assert (hubspot.status, hubspot.environment) == ("active", "dev")
+    assert (hubspot.end_user_id, hubspot.organization_id) == ("u_42", "org_7")
+    assert rows[("p", "c1")].end_user_display_name == "Zoë"
+    assert count(sync_engine, "deliveries") == len(VECTORS)
+
+
+def test_duplicate_delivery_answers_200_and_changes_nothing(
+    client: TestClient, sync_engine: Engine
+) -> None:
+    body = auth_body(tags={"end_user_id": "u1"})
+    assert post(client, body).json()["status"] == "applied"
+    before = count(sync_engine, "connection_events")
+    again = post(client, body)
+    assert again.status_code == 200
+    assert again.json() == {"status": "duplicate", "delivery_id": None}
+    assert count(sync_engine, "deliveries") == 1
+    assert count(sync_engine, "connection_events") == before
+
+
+def test_same_body_after_the_dedupe_window_is_a_new_event(
+    client: TestClient, sync_engine: Engine
+) -> None:
+    failure = auth_body(operation="refresh", success=False)
+    assert post(client, auth_body()).is_success
+    assert post(client, failure).is_success
+    assert post(client, auth_body(operation="refresh", success=True)).is_success
+    with sync_engine.begin() as conn:
+        conn.execute(
+            text("UPDATE deliveries SET received_at = :old"),
+            {"old": utcnow() - timedelta(hours=1)},
+        )
+    # Nango sends the very same body when the credentials break again after a recovery.
+    response = post(client, failure)
+    assert response.json()["status"] == "applied"
+    with sync_engine.connect() as conn:
+        status = conn.execute(text("SELECT status FROM connections")).scalar_one()
+        keys = conn.execute(text("SELECT dedupe_key FROM deliveries ORDER BY id")).scalars().all()
+    assert status == "auth_error"
+    assert len(keys) == 4
+    assert keys[1] == f"{inbox.dedupe_key(failure)}#2"
+    assert keys[3] == inbox.dedupe_key(failure)
+
+
+def test_trailing_slash_is_served_without_redirect(client: TestClient) -> None:
+    body = auth_body()
+    response = client.post(
+        "/webhooks/nango/", content=body, headers=signed_headers(body), follow_redirects=False
+    )
+    assert response.status_code == 200
+
+
+def test_wrong_method_is_405(client: TestClient) -> None:
+    assert client.get("/webhooks/nango").status_code == 405
+    assert client.put("/webhooks/nango", content=b"{}").status_code == 405
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        pytest.param(lambda b, s: (b[:-2] + b"X}", s), id="tampered-byte"),
+        pytest.param(lambda b, s: (b, s[:-1] + ("0" if s[-1] != "0" else "1")), id="tampered-sig"),
+        pytest.param(lambda b, s: (b, sign(b, "another-key")), id="wrong-key"),
+        pytest.param(lambda b, s: (b, ""), id="empty-signature"),
+        pytest.param(lambda b, s: (b, "zz" * 32), id="non-hex"),
+        pytest.param(lambda b, s: (b, s[:10]), id="too-short"),
+    ],
+)
+def test_bad_signature_is_401_and_nothing_is_stored(
+    client: TestClient, sync_engine: Engine, mutate: Any
+) -> None:
+    body, signature = mutate(auth_body(), sign(auth_body()))
+    response = post(client, body, {"X-Nango-Hmac-Sha256": signature})
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "invalid_signature"
+    assert count(sync_engine, "deliveries") == 0
+
+
+def test_missing_signature_is_401(client: TestClient) -> None:
+    assert client.post("/webhooks/nango", content=auth_body()).status_code == 401
+
+
+def test_rotation_accepts_old_and_new_keys(make_settings: Any, sync_engine: Engine) -> None:
+    settings = make_settings(nango_webhook_signing_keys=f"old-key,{TEST_SIGNING_KEY}")
+    with TestClient(create_app(settings)) as client:
+        first = auth_body(connection_id="a")
+        second = auth_body(connection_id="b")
+        assert post(client, first, {"X-Nango-Hmac-Sha256": sign(first, "old-key")}).is_success
+        assert post(client, second, signed_headers(second)).is_success
+    assert count(sync_engine, "deliveries") == 2
+
+
+def test_bound_key_must_match_the_body_environment(make_settings: Any, sync_engine: Engine) -> None:
+    settings = make_settings(nango_webhook_signing_keys=f"prod={TEST_SIGNING_KEY},dev=dev-key")
+    with TestClient(create_app(settings)) as client:
+        prod = auth_body(environment="prod")
+        dev_signed_with_prod = auth_body(environment="dev", connection_id="x")
+        dev = auth_body(environment="dev", connection_id="y")
+        assert post(client, prod).status_code == 200
+        assert post(client, dev_signed_with_prod).status_code == 401
+        assert post(client, dev, {"X-Nango-Hmac-Sha256": sign(dev, "dev-key")}).status_code == 200
+    assert count(sync_engine, "deliveries") == 2
+
+
+def test_legacy_signature_only_when_enabled_and_hmac_absent(
+    make_settings: Any, sync_engine: Engine
+) -> None:
+    vector = BY_NAME["auth-creation-tags-only"]
+    body = vector["body"].encode()
+    legacy = {"X-Nango-Signature": vector["x_nango_signature"]}
+    assert legacy["X-Nango-Signature"] == legacy_sign(body)
+    with TestClient(create_app(make_settings())) as client:
+        assert post(client, body, legacy).status_code == 401
+    with TestClient(create_app(make_settings(nango_accept_legacy_signature=True))) as client:
+        wrong_hmac = {**legacy, "X-Nango-Hmac-Sha256": "0" * 64}
+        assert post(client, body, wrong_hmac).status_code == 401
+        assert post(client, body, legacy).status_code == 200
+
+
+def test_no_signing_key_configured_is_503_with_a_clear_message(make_settings: Any) -> None:
+    with TestClient(create_app(make_settings(nango_webhook_signing_keys=""))) as client:
+        assert client.get("/healthz").status_code == 200
+        response = post(client, auth_body())
+    assert response.status_code == 503
+    assert "NANGO_WEBHOOK_SIGNING_KEYS" in response.json()["error"]["message"]
+
+
+def test_body_over_the_limit_is_413_by_content_length(
+    make_settings: Any, sync_engine: Engine
+) -> None:
+    with TestClient(create_app(make_settings(webhook_max_body_bytes=1024))) as client:
+        body = auth_body(tags={"pad": "x" * 2000})
+        response = post(client, body)
+    assert response.status_code == 413
+    assert count(sync_engine, "deliveries") == 0
+
+
+def test_chunked_body_over_the_limit_is_413_while_reading(
+    make_settings: Any, sync_engine: Engine
+) -> None:
+    sent = []
+
+    def chunks() -> Iterator[bytes]:
+        for _ in range(100):
+            sent.append(1)
+            yield b"x" * 512
+
+    with TestClient(create_app(make_settings(webhook_max_body_bytes=1024))) as client:
+        response = client.post(
+            "/webhooks/nango", content=chunks(), headers={"X-Nango-Hmac-Sha256": "0" * 64}
+        )
+    assert response.status_code == 413
+    assert count(sync_engine, "deliveries") == 0
+
+
+def test_chunked_body_under_the_limit_is_accepted(client: TestClient) -> None:
+    body = auth_body()
+    response = client.post(
+        "/webhooks/nango",
+        content=iter([body[:10], body[10:]]),
+        headers={"X-Nango-Hmac-Sha256": sign(body)},
+    )
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize("body", [b"not json", b"\xff\xfe{}", b'{"a": 1', b"[" * 100_000], ids=str)
+def test_verified_body_that_is_not_json_is_400(
+    client: TestClient, sync_engine: Engine, body: bytes
+) -> None:
+    response = post(client, body)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_body"
+    assert count(sync_engine, "deliveries") == 0
+
+
+@pytest.mark.parametrize(
+    ("payload", "kind"),
+    [
+        ({"type": "brand_new_type", "connectionId": "c"}, "brand_new_type"),
+        ({"objectId": 1, "subscriptionType": "contact.creation"}, "forward"),
+        ([1, 2, 3], "unknown"),
+        ({"type": "auth", "operation": "creation", "success": True}, "auth"),
+        ({"type": "auth", "operation": "mystery", "success": True, "connectionId": "c"}, "auth"),
+    ],
+)
+def test_unknown_and_odd_deliveries_are_stored_and_acknowledged(
+    client: TestClient, sync_engine: Engine, payload: Any, kind: str
+) -> None:
+    body = json.dumps(payload).encode()
+    response = post(client, body)
+    assert response.status_code == 200
+    assert response.json()["status"] == "recorded"
+    assert [row["webhook_type"] for row in deliveries(sync_engine)] == [kind]
+    assert count(sync_engine, "connections") == 0
+
+
+def test_nul_and_surrogates_in_fields_are_stored_safely(
+    client: TestClient, sync_engine: Engine
+) -> None:
+    body = (
+        b'{"type":"auth","operation":"creation","success":true,"environment":"prod",'
+        b'"providerConfigKey":"gi\\u0000thub","connectionId":"c\\ud800x",'
+        b'"tags":{"end_user_id":"u\\u0000\\udfff1","k\\u0000":"v"}}'
+    )
+    response = post(client, body)
+    assert response.status_code == 200
+    assert response.json()["status"] == "applied"
+    with sync_engine.connect() as conn:
+        row = conn.execute(text("SELECT integration_id, end_user_id FROM connections")).one()
+    assert row.integration_id == "github"
+    assert "\x00" not in row.end_user_id
+
+
+def test_stored_headers_never_include_signatures(client: TestClient, sync_engine: Engine) -> None:
+    body = auth_body()
+    headers = {**signed_headers(body), "X-Nango-Signature": legacy_sign(body)}
+    post(client, body, headers)
+    stored = deliveries(sync_engine)[0]["headers"]
+    stored = json.loads(stored) if isinstance(stored, str) else stored
+    assert stored["user-agent"] == "nango/0.71.4 (test)"
+    assert not any("signature" in name or "hmac" in name for name in stored)
+    assert sign(body) not in json.dumps(stored)
+
+
+def _unreachable_database(tmp_path: Path) -> str:
+    if os.environ.get("TEST_DB", "sqlite") == "postgres":
+        return "postgresql://postgres@127.0.0.1:1/unreachable"
+    return f"sqlite:///{tmp_path}/missing-dir/registry.db"
+
+
+def test_database_down_is_503_with_retry_after(make_settings: Any, tmp_path: Path) -> None:
+    settings = make_settings(database_url=_unreachable_database(tmp_path))
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        response = post(client, auth_body())
+    assert response.status_code == 503
+    assert response.headers["Retry-After"].isdigit()
+    assert response.json()["error"]["code"] == "storage_unavailable"
+
+
+def test_schema_missing_is_503_not_500(make_settings: Any, tmp_path: Path) -> None:
+    settings = make_settings(database_url=f"sqlite:///{tmp_path}/empty.db")
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        response = post(client, auth_body())
+    assert response.status_code == 503
+
+
+def test_a_processing_bug_keeps_the_delivery_and_replay_applies_it(
+    client: TestClient,
+    sync_engine: Engine,
+    monkeypatch: pytest.MonkeyPatch,
+    database_url: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from app.cli import main
+
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(inbox, "apply_delivery", broken)
+        response = post(client, auth_body(tags={"end_user_id": "u1"}))
+    assert response.status_code == 200
+    assert response.json()["status"] == "failed"
+    stored = deliveries(sync_engine)
+    assert stored[0]["outcome"] == "failed"
+    assert "RuntimeError: a bug" in stored[0]["error"]
+    assert count(sync_engine, "connections") == 0
+
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    capsys.readouterr()
+    assert main(["replay"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {
+        "applied": 1,
+        "replayed": 1,
+    }
+    with sync_engine.connect() as conn:
+        assert conn.execute(text("SELECT end_user_id FROM connections")).scalar_one() == "u1"
+        assert conn.execute(text("SELECT outcome FROM deliveries")).scalar_one() == "applied"
+    # Idempotent: nothing is failed any more, and --all does not duplicate history.
+    assert main(["replay"]) == 0
+    events = count(sync_engine, "connection_events")
+    assert main(["replay", "--all"]) == 0
+    assert count(sync_engine, "connection_events") == events
+    assert count(sync_engine, "connections") == 1
+
+
+def test_log_lines_carry_no_secret_and_no_body(
+    client: TestClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import logging
+
+    from app.logs import configure_logging
+
+    configure_logging("info")
+    try:
+        body = auth_body(tags={"end_user_id": "very-private-user"})
+        post(client, body)
+        post(client, body, {"X-Nango-Hmac-Sha256": "f" * 64})
+        out = capsys.readouterr().out
+    finally:
+        logging.getLogger().handlers.clear()
+    lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    webhook = [line for line in lines if line["event"] == "webhook"]
+    assert webhook[0]["outcome"] == "applied"
+    assert webhook[0]["connection_id"] == "conn-1"
+    assert TEST_SIGNING_KEY not in out
+    assert sign(body) not in out
+    assert "f" * 64 not in out
+    assert "very-private-user" not in out
