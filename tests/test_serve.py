@@ -174,7 +174,7 @@ class Burst:
             while not self.stop.is_set():
                 try:
                     result = send()
-                except OSError as error:
+                except (OSError, http.client.HTTPException) as error:
                     # Refused or reset once the server stops accepting: the router's job
                     # on a platform, a client error here. Never a wrong answer.
                     with self.lock:
