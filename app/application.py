@@ -10,7 +10,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Route
 
-from app import health
+from app import health, monitoring
 from app.db.engine import create_engine, create_sessionmaker
 from app.errors import EXCEPTION_HANDLERS
 from app.logs import get_logger
@@ -27,6 +27,7 @@ def _routes() -> list[BaseRoute]:
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
         *WEBHOOK_ROUTES,
+        Route("/metrics", monitoring.metrics, methods=["GET"]),
     ]
 
 
@@ -54,7 +55,10 @@ def create_app(settings: Settings) -> Starlette:
 
     return Starlette(
         routes=_routes(),
-        middleware=[Middleware(RequestContextMiddleware)],
+        middleware=[
+            Middleware(RequestContextMiddleware),
+            Middleware(monitoring.RequestLatencyMiddleware),
+        ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )

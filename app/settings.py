@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     # Lookup API
     registry_api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     metrics_enabled: bool = True
+    # prometheus_client's own variable: where workers share their samples. `serve` sets it to a
+    # fresh temporary directory when it starts more than one worker and it is unset.
+    prometheus_multiproc_dir: str | None = None
 
     # Nango API
     nango_host: str = "https://api.nango.dev"

@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import uvicorn
 
 from app.logs import configure_logging, get_logger
-from app.settings import load_settings
+from app.settings import Settings, load_settings
 
 log = get_logger(__name__)
 
@@ -33,11 +36,41 @@ def run(args: argparse.Namespace) -> int:
             "secret_key_generated",
             detail="SECRET_KEY is not set: pagination cursors will not survive a restart",
         )
+    workers = args.workers or settings.web_concurrency
+    created = _prepare_metrics_directory(settings.prometheus_multiproc_dir, workers=workers)
+    try:
+        _serve(args, settings, workers)
+    finally:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+    return 0
+
+
+def _prepare_metrics_directory(configured: str | None, *, workers: int) -> str | None:
+    """Give several workers one metrics directory; return it if it was created here."""
+    if configured is not None:
+        # prometheus_client asks for the directory to be wiped before the workers start: a
+        # previous run's files would otherwise be summed into this run's counters.
+        directory = Path(configured)
+        directory.mkdir(parents=True, exist_ok=True)
+        for stale in directory.glob("*.db"):
+            stale.unlink()
+        return None
+    if workers == 1:
+        return None
+    # Workers are spawned after this and inherit the variable; prometheus_client reads it when
+    # app.metrics is first imported in each of them.
+    created = tempfile.mkdtemp(prefix="nango-registry-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = created
+    return created
+
+
+def _serve(args: argparse.Namespace, settings: Settings, workers: int) -> None:
     uvicorn.run(
         "app.main:app",
         host=args.host or settings.host,
         port=args.port or settings.port,
-        workers=args.workers or settings.web_concurrency,
+        workers=workers,
         proxy_headers=True,
         forwarded_allow_ips=settings.forwarded_allow_ips,
         log_config=None,
@@ -46,4 +79,3 @@ def run(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=settings.graceful_shutdown_seconds,
         timeout_keep_alive=75,
     )
-    return 0

@@ -1,0 +1,149 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from prometheus_client import REGISTRY
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from app.application import create_app
+from app.db.engine import create_engine
+from app.errors import ServiceUnavailable
+from app.metrics import database_operation
+from app.monitoring import UNMATCHED_ROUTE, RequestLatencyMiddleware
+
+METRIC_FAMILIES = (
+    "nango_registry_webhook_deliveries",
+    "nango_registry_webhook_signature_failures",
+    "nango_registry_lookups",
+    "nango_registry_reconcile_runs",
+    "nango_registry_database_errors",
+    "nango_registry_request_duration_seconds",
+)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def _latency_count(method: str, route: str, status: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "nango_registry_request_duration_seconds_count",
+        {"method": method, "route": route, "status": status},
+    )
+    return value or 0.0
+
+
+def test_metrics_need_an_api_key(client: TestClient) -> None:
+    missing = client.get("/metrics")
+    assert missing.status_code == 401
+    assert missing.json()["error"]["code"] == "unauthorized"
+    wrong = client.get("/metrics", headers={"Authorization": "Bearer not-a-key"})
+    assert wrong.status_code == 401
+    assert "nango_registry" not in wrong.text
+
+
+def test_metrics_are_prometheus_text_with_every_family(
+    client: TestClient, auth_headers: dict[str, str]
+) -> None:
+    response = client.get("/metrics", headers=auth_headers)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    for family in METRIC_FAMILIES:
+        assert f"# HELP {family}" in response.text
+    kinds = {
+        line.split()[2]: line.split()[3]
+        for line in response.text.splitlines()
+        if line.startswith("# TYPE ")
+    }
+    assert kinds["nango_registry_request_duration_seconds"] == "histogram"
+    assert kinds["nango_registry_webhook_deliveries_total"] == "counter"
+
+
+def test_openmetrics_is_served_when_asked_for(
+    client: TestClient, auth_headers: dict[str, str]
+) -> None:
+    response = client.get(
+        "/metrics", headers={**auth_headers, "Accept": "application/openmetrics-text"}
+    )
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/openmetrics-text")
+    assert response.text.rstrip().endswith("# EOF")
+
+
+def test_request_latency_is_counted_by_route_and_status_class(
+    client: TestClient, auth_headers: dict[str, str]
+) -> None:
+    healthz_before = _latency_count("GET", "/healthz", "2xx")
+    unmatched_before = _latency_count("GET", UNMATCHED_ROUTE, "4xx")
+    for _ in range(3):
+        assert client.get("/healthz").status_code == 200
+    assert client.get("/no/such/path/42").status_code == 404
+    assert _latency_count("GET", "/healthz", "2xx") == healthz_before + 3
+    assert _latency_count("GET", UNMATCHED_ROUTE, "4xx") == unmatched_before + 1
+    exposed = client.get("/metrics", headers=auth_headers).text
+    assert 'route="/healthz",status="2xx"' in exposed
+    # Raw paths never become label values.
+    assert "/no/such/path/42" not in exposed
+
+
+def test_request_latency_uses_the_route_template() -> None:
+    async def item(request: Request) -> PlainTextResponse:
+        return PlainTextResponse(request.path_params["item_id"])
+
+    app = Starlette(routes=[Route("/items/{item_id}", item)])
+    app.add_middleware(RequestLatencyMiddleware)
+    before = _latency_count("GET", "/items/{item_id}", "2xx")
+    with TestClient(app) as client:
+        assert client.get("/items/a").text == "a"
+        assert client.get("/items/b").text == "b"
+        assert client.request("BREW", "/items/c").status_code == 405
+    assert _latency_count("GET", "/items/{item_id}", "2xx") == before + 2
+    assert _latency_count("OTHER", "/items/{item_id}", "4xx") >= 1
+    assert _latency_count("GET", "/items/a", "2xx") == 0
+
+
+def test_metrics_can_be_disabled(make_settings: Any, auth_headers: dict[str, str]) -> None:
+    with TestClient(create_app(make_settings(metrics_enabled=False))) as client:
+        response = client.get("/metrics", headers=auth_headers)
+        anonymous = client.get("/metrics")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
+    # Disabled means absent, even to a caller without a key.
+    assert anonymous.status_code == 404
+
+
+@pytest.mark.anyio
+async def test_database_operation_counts_an_unreachable_database_as_503(
+    make_settings: Any,
+) -> None:
+    settings = make_settings(
+        database_url="postgresql://nobody@127.0.0.1:1/none", database_pool_timeout_seconds=1
+    )
+    engine = create_engine(settings)
+    labels = {"operation": "probe"}
+    before = REGISTRY.get_sample_value("nango_registry_database_errors_total", labels) or 0.0
+    try:
+        with pytest.raises(ServiceUnavailable) as raised, database_operation("probe"):
+            async with engine.connect():
+                pass
+    finally:
+        await engine.dispose()
+    assert raised.value.status_code == 503
+    assert REGISTRY.get_sample_value("nango_registry_database_errors_total", labels) == before + 1
+
+
+@pytest.mark.anyio
+async def test_database_operation_leaves_other_errors_alone(make_settings: Any) -> None:
+    labels = {"operation": "bug"}
+    before = REGISTRY.get_sample_value("nango_registry_database_errors_total", labels) or 0.0
+    with pytest.raises(ZeroDivisionError), database_operation("bug"):
+        _ = 1 / 0
+    assert (
+        REGISTRY.get_sample_value("nango_registry_database_errors_total", labels) or 0.0
+    ) == before
