@@ -12,6 +12,9 @@ Hierarchy::
     ├── UpstreamError           502  Nango answered with an error (Nango's code is kept)
     └── ServiceUnavailable      503  the database or a required setting is missing
 
+A database that is unreachable or out of pooled connections is answered 503 with
+``Retry-After`` by every route (and counted), whatever the route: a retry can succeed.
+
 Anything else is a bug: it is logged with its traceback and answered with a plain 500 that
 carries no detail.
 """
@@ -20,11 +23,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from app.logs import get_logger
+from app.metrics import DATABASE_ERRORS
 
 log = get_logger(__name__)
 
@@ -133,6 +139,28 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, code, str(exc.detail), headers=headers)
 
 
+# Failures of the database itself, as opposed to a bug or a constraint violation.
+DATABASE_UNAVAILABLE = (OperationalError, InterfaceError, DisconnectionError, PoolTimeoutError)
+RETRY_AFTER_SECONDS = "5"
+
+
+def _route_name(request: Request) -> str:
+    route = request.scope.get("route")
+    return str(getattr(route, "path", "unmatched"))
+
+
+async def handle_database_unavailable(request: Request, exc: Exception) -> Response:
+    operation = _route_name(request)
+    DATABASE_ERRORS.labels(operation=operation).inc()
+    log.warning("database_unavailable", operation=operation, error_type=type(exc).__name__)
+    return error_response(
+        503,
+        "database_unavailable",
+        "the database is unavailable; retry later",
+        headers={"Retry-After": RETRY_AFTER_SECONDS},
+    )
+
+
 async def handle_unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled_error", path=request.url.path)
     return error_response(500, "internal_error", "internal error; see the service logs")
@@ -141,5 +169,6 @@ async def handle_unexpected(request: Request, exc: Exception) -> Response:
 EXCEPTION_HANDLERS: dict[Any, Any] = {
     ApiError: handle_api_error,
     HTTPException: handle_http_exception,
+    **dict.fromkeys(DATABASE_UNAVAILABLE, handle_database_unavailable),
     Exception: handle_unexpected,
 }

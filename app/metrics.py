@@ -2,17 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, multiprocess
-from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-
-from app.errors import ServiceUnavailable
-from app.logs import get_logger
-
-log = get_logger(__name__)
 
 WEBHOOK_DELIVERIES = Counter(
     "nango_registry_webhook_deliveries",
@@ -64,22 +54,3 @@ def collect(*, multiprocess_dir: str | None) -> CollectorRegistry:
 
 def observe_request(*, method: str, route: str, status: int, seconds: float) -> None:
     REQUEST_LATENCY.labels(method=method, route=route, status=f"{status // 100}xx").observe(seconds)
-
-
-# Failures that mean "the database is unreachable or overloaded", as opposed to a bug or a
-# constraint violation: these are worth a retry, so they answer 503 (Nango retries 5xx).
-_UNAVAILABLE = (OperationalError, InterfaceError, DisconnectionError, PoolTimeoutError)
-
-
-@contextmanager
-def database_operation(operation: str) -> Iterator[None]:
-    """Count a failed database operation and answer 503 for it instead of a bare 500.
-
-    ``with database_operation("record_delivery"): async with unit_of_work(...) as session: ...``
-    """
-    try:
-        yield
-    except _UNAVAILABLE as error:
-        DATABASE_ERRORS.labels(operation=operation).inc()
-        log.warning("database_error", operation=operation, error_type=type(error).__name__)
-        raise ServiceUnavailable("the database is unavailable; retry later") from error

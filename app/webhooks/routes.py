@@ -12,7 +12,13 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from app.errors import BadRequest, PayloadTooLarge, ServiceUnavailable, Unauthorized
+from app.errors import (
+    RETRY_AFTER_SECONDS,
+    BadRequest,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    Unauthorized,
+)
 from app.logs import get_logger
 from app.metrics import DATABASE_ERRORS, SIGNATURE_FAILURES, WEBHOOK_DELIVERIES
 from app.state import app_state
@@ -21,8 +27,6 @@ from app.webhooks.payloads import InvalidBody, body_environment, parse_body, rea
 from app.webhooks.signature import verify_signature
 
 log = get_logger(__name__)
-
-RETRY_AFTER_SECONDS = "5"
 
 
 async def read_limited(request: Request, limit: int) -> bytes:
@@ -98,6 +102,8 @@ async def receive_webhook(request: Request) -> JSONResponse:
             default_environment=settings.nango_environment,
         )
     except (SQLAlchemyError, OSError, TimeoutError) as error:
+        # Wider than the app-wide database handler on purpose: whatever kept this delivery from
+        # being committed, Nango must retry it, so the answer is 503, never a 4xx or a 200.
         DATABASE_ERRORS.labels(operation="webhook").inc()
         log.error("webhook_not_stored", error_type=type(error).__name__)
         raise ServiceUnavailable(
