@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from app.settings import Settings, SigningKey, normalise_database_url
+from app.settings import Settings, SigningKey, load_settings, normalise_database_url
 
 
 @pytest.mark.parametrize(
@@ -58,21 +58,33 @@ def test_env_file_is_read(tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> 
         ("PORT", "70000"),
         ("NANGO_HOST", "api.nango.dev"),
         ("NANGO_WEBHOOK_SIGNING_KEYS", "prod="),
+        ("RECONCILE_INTERVAL_SECONDS", "5"),
     ],
 )
-def test_invalid_setting_stops_with_one_clear_line(name: str, value: str, tmp_path: object) -> None:
+def test_invalid_setting_stops_with_one_clear_line(
+    name: str, value: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as stopped:
+        load_settings(_env_file=None)
+    assert stopped.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"nango-registry: invalid setting {name}:")
+
+
+def test_the_console_script_stops_without_a_traceback(tmp_path: object) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "app.cli", "migrate"],
-        env={"PATH": "/usr/bin:/bin", name: value},
+        env={"PATH": "/usr/bin:/bin", "NANGO_WEBHOOK_SIGNING_KEYS": "prod=,secret-key-value"},
         cwd=str(tmp_path),
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith(f"nango-registry: invalid setting {name}:")
-    assert "Traceback" not in result.stderr
-    if name == "NANGO_WEBHOOK_SIGNING_KEYS":
-        assert "prod=" not in lines[0].split(":", 2)[2] or value not in lines[0]
+    assert result.stderr.strip().splitlines() == [
+        "nango-registry: invalid setting NANGO_WEBHOOK_SIGNING_KEYS: "
+        "each entry is KEY or ENVIRONMENT=KEY, with neither part empty"
+    ]
+    assert "secret-key-value" not in result.stderr + result.stdout
