@@ -15,6 +15,7 @@ from app.db.engine import create_engine, create_sessionmaker
 from app.errors import EXCEPTION_HANDLERS
 from app.logs import get_logger
 from app.middleware import RequestContextMiddleware
+from app.nango.client import NangoClient
 from app.settings import Settings
 from app.state import AppState
 
@@ -28,19 +29,25 @@ def _routes() -> list[BaseRoute]:
     ]
 
 
-def create_app(settings: Settings) -> Starlette:
+def create_app(
+    settings: Settings, *, nango_transport: httpx2.AsyncBaseTransport | None = None
+) -> Starlette:
+    """``nango_transport`` replaces the network under the Nango client (tests pass a fake Nango)."""
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         engine = create_engine(settings)
         http = httpx2.AsyncClient(
             timeout=httpx2.Timeout(settings.nango_timeout_seconds, connect=5.0),
             limits=httpx2.Limits(max_connections=20, max_keepalive_connections=10),
+            transport=nango_transport,
         )
         app.state.registry = AppState(
             settings=settings,
             engine=engine,
             sessionmaker=create_sessionmaker(engine),
             http=http,
+            nango=NangoClient.from_settings(settings, http),
         )
         log.info("started", database=engine.url.get_backend_name())
         try:
