@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -11,6 +13,8 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Route
 
 from app import health
+from app.api import actions
+from app.connections.reconcile import run_schedule
 from app.db.engine import create_engine, create_sessionmaker
 from app.errors import EXCEPTION_HANDLERS
 from app.logs import get_logger
@@ -26,7 +30,24 @@ def _routes() -> list[BaseRoute]:
     return [
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
+        *actions.routes(),
     ]
+
+
+def _start_reconcile_schedule(state: AppState) -> asyncio.Task[None] | None:
+    interval = state.settings.reconcile_interval_seconds
+    if interval is None or state.nango is None or not state.nango.configured:
+        return None
+    log.info("reconcile_scheduled", interval_seconds=interval)
+    return asyncio.create_task(
+        run_schedule(
+            sessionmaker=state.sessionmaker,
+            nango=state.nango,
+            environment=state.settings.nango_environment,
+            interval_seconds=interval,
+        ),
+        name="reconcile-schedule",
+    )
 
 
 def create_app(
@@ -50,9 +71,14 @@ def create_app(
             nango=NangoClient.from_settings(settings, http),
         )
         log.info("started", database=engine.url.get_backend_name())
+        schedule = _start_reconcile_schedule(app.state.registry)
         try:
             yield
         finally:
+            if schedule is not None:
+                schedule.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await schedule
             await http.aclose()
             await engine.dispose()
             log.info("stopped")
