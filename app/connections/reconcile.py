@@ -82,7 +82,7 @@ async def reconcile(
     nango: NangoClient,
     environment: str,
     trigger: str,
-    page_size: int = PAGE_SIZE,
+    page_size: int | None = None,
     holder: str | None = None,
     skip_if_succeeded_within: timedelta | None = None,
 ) -> ReconcileCounts | None:
@@ -108,7 +108,7 @@ async def reconcile(
                 sessionmaker=sessionmaker,
                 nango=nango,
                 environment=environment,
-                page_size=page_size,
+                page_size=page_size or PAGE_SIZE,
                 holder=holder,
             )
         except BaseException as error:
