@@ -7,8 +7,8 @@ from ``errors`` and merges attribution; only after a complete listing does it ma
 local connections Nango no longer has.
 
 Safe while webhooks arrive: pages are applied in short transactions (no lock is held while Nango
-is asked for the next page), a row changed after the listing (or its page) was requested is newer
-than what the listing says and is left alone, and a tombstone written after the listing started
+is asked for the next page), a row changed after the listing started may be newer than what the
+listing says and keeps its status, and a tombstone written after the listing started
 is never revived. Nango pages by offset, so a deletion at Nango during the listing can shift a
 connection past a page boundary: every deletion candidate is confirmed with a filtered listing
 before it is marked deleted.
@@ -167,7 +167,6 @@ async def _reconcile(
     seen: set[tuple[str, str]] = set()
     page = 0
     while True:
-        page_started = utcnow()
         items = await nango.list_connections(page=page, limit=page_size)
         new = 0
         for offset in range(0, len(items), CHUNK_SIZE):
@@ -184,7 +183,6 @@ async def _reconcile(
                         key=key,
                         environment=environment,
                         started=started,
-                        page_started=page_started,
                         counts=counts,
                     )
         async with unit_of_work(sessionmaker) as session:
@@ -235,7 +233,6 @@ async def _apply_listed(
     key: tuple[str, str],
     environment: str,
     started: datetime,
-    page_started: datetime,
     counts: ReconcileCounts,
 ) -> None:
     now = utcnow()
@@ -284,11 +281,12 @@ async def _apply_listed(
                 )
                 connection.deleted_at = None
                 changed = True
-        elif connection.updated_at < page_started and (
+        elif connection.updated_at < started and (
             connection.status != target
             or (target == ConnectionStatus.AUTH_ERROR and connection.error_type != error_type)
         ):
-            # Rows changed after the page was requested carry newer news (a webhook) than it.
+            # A row changed since the listing started may carry newer news (a webhook) than the
+            # page; the next run settles it.
             await change_status(
                 session,
                 connection=connection,

@@ -13,6 +13,7 @@ from starlette.testclient import TestClient
 from app.application import create_app
 from app.settings import Settings
 from tests.fakes.nango import FakeNango
+from tests.rows import connection_row, insert_connection
 
 NANGO_SECRET = "test-nango-secret-key"
 
@@ -44,37 +45,6 @@ def make_client(make_settings: Any, fake_nango: FakeNango) -> Iterator[Any]:
 def api(make_client: Any) -> TestClient:
     client: TestClient = make_client()
     return client
-
-
-def insert_connection(engine: Engine, **values: Any) -> None:
-    row = {
-        "environment": "prod",
-        "integration_id": "github",
-        "connection_id": "conn-1",
-        "provider": "github",
-        "end_user_id": None,
-        "organization_id": None,
-        "tags": "{}",
-        "status": "active",
-        **values,
-    }
-    with engine.begin() as conn:
-        conn.execute(
-            text(
-                "INSERT INTO connections (environment, integration_id, connection_id, provider,"
-                " end_user_id, organization_id, tags, status, created_at, updated_at)"
-                " VALUES (:environment, :integration_id, :connection_id, :provider, :end_user_id,"
-                " :organization_id, :tags, :status, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
-            ),
-            row,
-        )
-
-
-def connection_row(engine: Engine, connection_id: str) -> Any:
-    with engine.connect() as conn:
-        return conn.execute(
-            text("SELECT * FROM connections WHERE connection_id = :c"), {"c": connection_id}
-        ).one()
 
 
 # Connect sessions ---------------------------------------------------------------------------
@@ -262,7 +232,7 @@ def test_reconnect_sends_the_stored_tags_again(
         sync_engine,
         end_user_id="user-1",
         organization_id="org-1",
-        tags='{"end_user_id": "user-1", "team": "core", "bad key": "dropped"}',
+        tags={"end_user_id": "user-1", "team": "core", "bad key": "dropped"},
     )
     response = api.post("/v1/connections/conn-1/reconnect-session", headers=auth_headers)
     assert response.status_code == 201, response.text
