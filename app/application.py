@@ -72,6 +72,8 @@ def create_app(
         )
         log.info("started", database=engine.url.get_backend_name())
         schedule = _start_reconcile_schedule(app.state.registry)
+        if schedule is not None:
+            app.state.registry.background.append(schedule)
         try:
             yield
         finally:

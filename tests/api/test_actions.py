@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, insert, text
 from starlette.testclient import TestClient
 
+from app.api.auth import hash_key
 from app.application import create_app
+from app.db.models import ApiKey
 from app.settings import Settings
 from tests.fakes.nango import FakeNango
 from tests.rows import connection_row, insert_connection
 
-NANGO_SECRET = "test-nango-secret-key"
+API_KEYS: Any = ApiKey.__table__
 
 
 @pytest.fixture
@@ -142,6 +145,31 @@ def test_actions_need_a_full_access_key(api: TestClient, fake_nango: FakeNango) 
         "/v1/reconcile", headers={"Authorization": "Bearer wrong"}, json={"end_user_id": "u"}
     )
     assert response.status_code == 401
+    assert fake_nango.requests == []
+
+
+def test_a_read_only_key_is_403(
+    api: TestClient, fake_nango: FakeNango, sync_engine: Engine
+) -> None:
+    with sync_engine.begin() as conn:
+        conn.execute(
+            insert(API_KEYS).values(
+                name="reader",
+                key_hash=hash_key("read-only-key"),
+                read_only=True,
+                created_at=datetime.now(UTC),
+            )
+        )
+    headers = {"Authorization": "Bearer read-only-key"}
+    for method, path in [
+        ("POST", "/v1/connect-sessions"),
+        ("POST", "/v1/connections/c1/reconnect-session"),
+        ("DELETE", "/v1/connections/c1"),
+        ("POST", "/v1/reconcile"),
+        ("POST", "/v1/legacy/auth-hmac"),
+    ]:
+        response = api.request(method, path, headers=headers, json={"end_user_id": "u"})
+        assert response.status_code == 403, (method, path)
     assert fake_nango.requests == []
 
 

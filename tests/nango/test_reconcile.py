@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import Engine, insert, select, update
 from starlette.testclient import TestClient
 
@@ -17,6 +18,13 @@ pytestmark = pytest.mark.usefixtures("small_pages")
 
 RUNS: Any = ReconcileRun.__table__
 LEASES: Any = Lease.__table__
+
+
+def metric(trigger: str, status: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "nango_registry_reconcile_runs_total", {"trigger": trigger, "status": status}
+    )
+    return value or 0.0
 
 
 def reconcile(api: TestClient, headers: dict[str, str]) -> dict[str, int]:
@@ -94,8 +102,10 @@ def test_reconcile_over_pages_creates_updates_and_deletes(
     total = len(fake_nango.connections)
     assert total > 3 * small_pages
 
+    succeeded_before = metric("api", "succeeded")
     counts = reconcile(api, auth_headers)
 
+    assert metric("api", "succeeded") == succeeded_before + 1
     assert counts == {
         "seen": total,
         "created": 7,
@@ -243,6 +253,7 @@ def test_nango_failing_mid_listing_deletes_nothing_and_records_the_failure(
         run = conn.execute(select(RUNS)).one()
         lease = conn.execute(select(LEASES)).all()
     assert (run.trigger, run.status, run.error) == ("api", "failed", "NangoUnavailable")
+    assert metric("api", "failed") >= 1
     assert lease == []  # released, so the next run can start
 
 
@@ -276,3 +287,17 @@ def test_a_connect_session_completed_at_nango_is_attributed_by_reconcile(
     assert reconcile(api, auth_headers)["created"] == 1
     row = connection_row(sync_engine, made.connection_id, "hubspot")
     assert (row.end_user_id, row.organization_id, row.tags["plan"]) == ("user-5", "org-5", "pro")
+
+
+def test_the_schedule_runs_in_lifespan_only_when_configured(make_client: Any) -> None:
+    scheduled = make_client(reconcile_interval_seconds=60)
+    [task] = scheduled.app.state.registry.background
+    assert task.get_name() == "reconcile-schedule"
+    assert not task.done()
+    assert make_client().app.state.registry.background == []
+    assert (
+        make_client(
+            reconcile_interval_seconds=60, nango_secret_key=None
+        ).app.state.registry.background
+        == []
+    )
