@@ -20,6 +20,7 @@ import os
 import random
 import socket
 import uuid
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -226,6 +227,16 @@ def _first_error(item: dict[str, Any]) -> tuple[str | None, list[dict[str, str]]
     return (first or "unknown_error"), kept
 
 
+def _flat_end_user(end_user: object) -> object:
+    """The listing nests ``organization {id, display_name}`` in ``end_user``; webhooks do not."""
+    if not isinstance(end_user, Mapping):
+        return end_user
+    organization = end_user.get("organization")
+    if isinstance(organization, Mapping) and "organization_id" not in end_user:
+        return {**end_user, "organization_id": organization.get("id")}
+    return end_user
+
+
 async def _apply_listed(
     session: AsyncSession,
     *,
@@ -238,7 +249,9 @@ async def _apply_listed(
     now = utcnow()
     error_type, errors = _first_error(item)
     target = ConnectionStatus.AUTH_ERROR if error_type else ConnectionStatus.ACTIVE
-    attribution = Attribution.from_nango(tags=item.get("tags"), end_user=item.get("end_user"))
+    attribution = Attribution.from_nango(
+        tags=item.get("tags"), end_user=_flat_end_user(item.get("end_user"))
+    )
     connection, created = await lock_connection(
         session,
         environment=environment,

@@ -48,7 +48,13 @@ def test_reconcile_over_pages_creates_updates_and_deletes(
             connection_id=f"tagged-{i}", tags={"end_user_id": f"u{i}", "organization_id": "o1"}
         )
     fake_nango.add_connection(
-        connection_id="legacy-user", end_user={"id": "u-legacy", "organization_id": "o-legacy"}
+        connection_id="legacy-user",
+        end_user={
+            "id": "u-legacy",
+            "email": "legacy@example.com",
+            "display_name": None,
+            "organization": {"id": "o-legacy", "display_name": None},
+        },
     )
     fake_nango.add_connection(connection_id="nobody", integration_id="slack")
     fake_nango.add_connection(
@@ -123,6 +129,7 @@ def test_reconcile_over_pages_creates_updates_and_deletes(
     assert rows["prod", "github", "tagged-2"].tags == {"end_user_id": "u2", "organization_id": "o1"}
     assert rows["prod", "github", "legacy-user"].end_user_id == "u-legacy"
     assert rows["prod", "github", "legacy-user"].organization_id == "o-legacy"
+    assert rows["prod", "github", "legacy-user"].end_user_email == "legacy@example.com"
     assert rows["prod", "slack", "nobody"].end_user_id is None
     assert rows["prod", "github", "broken-new"].status == "auth_error"
     assert rows["prod", "github", "broken-new"].error_type == "refresh_token_error"
