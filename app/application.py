@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -11,10 +13,13 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Route
 
 from app import health, monitoring
+from app.api import actions
+from app.connections.reconcile import run_schedule
 from app.db.engine import create_engine, create_sessionmaker
 from app.errors import EXCEPTION_HANDLERS
 from app.logs import get_logger
 from app.middleware import RequestContextMiddleware
+from app.nango.client import NangoClient
 from app.settings import Settings
 from app.state import AppState
 from app.webhooks.routes import ROUTES as WEBHOOK_ROUTES
@@ -28,27 +33,57 @@ def _routes() -> list[BaseRoute]:
         Route("/readyz", health.readyz, methods=["GET"]),
         *WEBHOOK_ROUTES,
         Route("/metrics", monitoring.metrics, methods=["GET"]),
+        *actions.routes(),
     ]
 
 
-def create_app(settings: Settings) -> Starlette:
+def _start_reconcile_schedule(state: AppState) -> asyncio.Task[None] | None:
+    interval = state.settings.reconcile_interval_seconds
+    if interval is None or state.nango is None or not state.nango.configured:
+        return None
+    log.info("reconcile_scheduled", interval_seconds=interval)
+    return asyncio.create_task(
+        run_schedule(
+            sessionmaker=state.sessionmaker,
+            nango=state.nango,
+            environment=state.settings.nango_environment,
+            interval_seconds=interval,
+        ),
+        name="reconcile-schedule",
+    )
+
+
+def create_app(
+    settings: Settings, *, nango_transport: httpx2.AsyncBaseTransport | None = None
+) -> Starlette:
+    """``nango_transport`` replaces the network under the Nango client (tests pass a fake Nango)."""
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         engine = create_engine(settings)
         http = httpx2.AsyncClient(
             timeout=httpx2.Timeout(settings.nango_timeout_seconds, connect=5.0),
             limits=httpx2.Limits(max_connections=20, max_keepalive_connections=10),
+            transport=nango_transport,
         )
         app.state.registry = AppState(
             settings=settings,
             engine=engine,
             sessionmaker=create_sessionmaker(engine),
             http=http,
+            nango=NangoClient.from_settings(settings, http),
         )
         log.info("started", database=engine.url.get_backend_name())
+        schedule = _start_reconcile_schedule(app.state.registry)
+        if schedule is not None:
+            app.state.registry.background.append(schedule)
         try:
             yield
         finally:
+            if schedule is not None:
+                schedule.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await schedule
             await http.aclose()
             await engine.dispose()
             log.info("stopped")

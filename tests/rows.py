@@ -1,0 +1,51 @@
+"""Arranging and reading connection rows with the synchronous test engine."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, insert, select
+
+from app.db.models import Connection, ConnectionEvent
+
+CONNECTIONS: Any = Connection.__table__
+EVENTS: Any = ConnectionEvent.__table__
+
+
+def insert_connection(engine: Engine, **values: Any) -> None:
+    now = datetime.now(UTC)
+    row = {
+        "environment": "prod",
+        "integration_id": "github",
+        "connection_id": "conn-1",
+        "provider": "github",
+        "tags": {},
+        "status": "active",
+        "created_at": now,
+        "updated_at": now,
+        **values,
+    }
+    with engine.begin() as conn:
+        conn.execute(insert(CONNECTIONS).values(row))
+
+
+def connection_row(engine: Engine, connection_id: str, integration_id: str = "github") -> Any:
+    with engine.connect() as conn:
+        return conn.execute(
+            select(CONNECTIONS).where(
+                CONNECTIONS.c.connection_id == connection_id,
+                CONNECTIONS.c.integration_id == integration_id,
+            )
+        ).one()
+
+
+def all_connections(engine: Engine) -> dict[tuple[str, str, str], Any]:
+    with engine.connect() as conn:
+        rows = conn.execute(select(CONNECTIONS)).all()
+    return {(r.environment, r.integration_id, r.connection_id): r for r in rows}
+
+
+def events(engine: Engine) -> list[Any]:
+    with engine.connect() as conn:
+        return list(conn.execute(select(EVENTS).order_by(EVENTS.c.id)).all())
