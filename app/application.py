@@ -90,10 +90,7 @@ def create_app(
 
     return Starlette(
         routes=_routes(),
-        middleware=[
-            Middleware(RequestContextMiddleware),
-            Middleware(monitoring.RequestLatencyMiddleware),
-        ],
+        middleware=[Middleware(RequestContextMiddleware)],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )

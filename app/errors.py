@@ -30,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from app.logs import get_logger
-from app.metrics import DATABASE_ERRORS
+from app.metrics import DATABASE_ERRORS, route_template
 
 log = get_logger(__name__)
 
@@ -144,13 +144,8 @@ DATABASE_UNAVAILABLE = (OperationalError, InterfaceError, DisconnectionError, Po
 RETRY_AFTER_SECONDS = "5"
 
 
-def _route_name(request: Request) -> str:
-    route = request.scope.get("route")
-    return str(getattr(route, "path", "unmatched"))
-
-
 async def handle_database_unavailable(request: Request, exc: Exception) -> Response:
-    operation = _route_name(request)
+    operation = route_template(request.scope)
     DATABASE_ERRORS.labels(operation=operation).inc()
     log.warning("database_unavailable", operation=operation, error_type=type(exc).__name__)
     return error_response(

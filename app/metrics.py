@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, multiprocess
 
 WEBHOOK_DELIVERIES = Counter(
@@ -52,5 +55,19 @@ def collect(*, multiprocess_dir: str | None) -> CollectorRegistry:
     return registry
 
 
-def observe_request(*, method: str, route: str, status: int, seconds: float) -> None:
+# Requests that match no route are counted under one label: raw paths would let any scanner
+# create unbounded time series. Unusual methods are folded for the same reason.
+UNMATCHED_ROUTE = "unmatched"
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def route_template(scope: Mapping[str, Any]) -> str:
+    """The path template of the route Starlette matched (it records it in the shared scope)."""
+    path = getattr(scope.get("route"), "path", None)
+    return path if isinstance(path, str) else UNMATCHED_ROUTE
+
+
+def observe_request(*, scope: Mapping[str, Any], status: int, seconds: float) -> None:
+    method = scope["method"] if scope["method"] in _METHODS else "OTHER"
+    route = route_template(scope)
     REQUEST_LATENCY.labels(method=method, route=route, status=f"{status // 100}xx").observe(seconds)

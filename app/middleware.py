@@ -1,4 +1,4 @@
-"""Pure ASGI middleware: a request ID for every request and one access-log line per request."""
+"""Pure ASGI middleware: a request ID, one access-log line and one latency sample per request."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.logs import get_logger
+from app.metrics import observe_request
 
 log = get_logger("app.access")
 
@@ -54,12 +55,14 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_with_request_id)
         finally:
+            elapsed = time.perf_counter() - started
+            observe_request(scope=scope, status=status, seconds=elapsed)
             log.info(
                 "request",
                 method=scope["method"],
                 path=scope["path"],
                 status=status,
-                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                duration_ms=round(elapsed * 1000, 2),
                 **{
                     key: value
                     for key, value in scope["state"].items()

@@ -11,7 +11,8 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from app.application import create_app
-from app.monitoring import UNMATCHED_ROUTE, RequestLatencyMiddleware
+from app.metrics import UNMATCHED_ROUTE
+from app.middleware import RequestContextMiddleware
 
 METRIC_FAMILIES = (
     "nango_registry_webhook_deliveries",
@@ -94,7 +95,7 @@ def test_request_latency_uses_the_route_template() -> None:
         return PlainTextResponse(request.path_params["item_id"])
 
     app = Starlette(routes=[Route("/items/{item_id}", item)])
-    app.add_middleware(RequestLatencyMiddleware)
+    app.add_middleware(RequestContextMiddleware)
     before = _latency_count("GET", "/items/{item_id}", "2xx")
     with TestClient(app) as client:
         assert client.get("/items/a").text == "a"
