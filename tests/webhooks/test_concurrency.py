@@ -3,7 +3,8 @@
 Concurrent requests run as tasks on one event loop through ``httpx2.ASGITransport``: each holds
 its own session and pooled connection, so their transactions really overlap on the database
 (checked by counting open transactions, not assumed). Expected states come from ``final_state``,
-a transcription of the rules in ``app.connections.state``, never from per-order constants.
+the rules of ``app.connections.state`` transcribed in ``tests.webhooks.rules``, never from
+per-order constants.
 """
 
 from __future__ import annotations
@@ -11,9 +12,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import httpx2
@@ -23,7 +23,18 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from app.application import create_app
-from tests.webhooks.helpers import auth_body, signed_headers
+from tests.webhooks.helpers import signed_headers
+from tests.webhooks.rules import (
+    CREATION,
+    CREATION_FAILED,
+    DELETION,
+    OVERRIDE_FAILED,
+    OVERRIDE_OK,
+    REFRESH_FAILED,
+    REFRESH_OK,
+    State,
+    final_state,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -33,73 +44,12 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    operation: str
-    success: bool
-    error_type: str | None = None
-    attributed: bool = False
-
-    def body(self, connection_id: str) -> bytes:
-        return auth_body(
-            operation=self.operation,
-            success=self.success,
-            connection_id=connection_id,
-            tags={"end_user_id": "user-1", "organization_id": "org-1"} if self.attributed else None,
-            error=None
-            if self.success
-            else {"type": self.error_type or "unknown", "description": "it broke"},
-        )
-
-
-CREATION = Event("creation", True, attributed=True)
-CREATION_FAILED = Event("creation", False, "invalid_credentials")
-REFRESH_FAILED = Event("refresh", False, "refresh_token_external_error")
-REFRESH_OK = Event("refresh", True)
-OVERRIDE_OK = Event("override", True)
-OVERRIDE_FAILED = Event("override", False, "override_error")
-DELETION = Event("deletion", True)
-
 EVENT_SETS = {
     "refresh": (CREATION, REFRESH_FAILED, REFRESH_OK, DELETION),
     "override": (CREATION, OVERRIDE_OK, OVERRIDE_FAILED, REFRESH_FAILED),
     "recovery": (CREATION, OVERRIDE_OK, REFRESH_OK),
     "failed-creation": (CREATION_FAILED, CREATION, REFRESH_FAILED),
 }
-
-
-@dataclass(frozen=True, slots=True)
-class State:
-    status: str | None  # None: no connection
-    error_type: str | None
-    end_user_id: str | None
-    history: int
-
-
-def final_state(events: Iterable[Event]) -> State:
-    """The rules of ``app.connections.state``, applied to distinct events in arrival order."""
-    status: str | None = None
-    error_type: str | None = None
-    attributed = False
-    history = 0
-    for item in events:
-        changes = item.operation in {"override", "refresh"} or item.success
-        if not changes:
-            continue  # a failed creation (or deletion) touches no connection
-        history += 1  # every event for a connection is kept in its history, ignored or not
-        attributed = attributed or item.attributed  # attribution is merged, never erased
-        if status == "deleted":
-            continue  # a deleted connection is final for webhooks
-        if item.operation == "creation":
-            # A late creation for a known connection leaves its status alone.
-            status = status or "active"
-        elif item.operation == "deletion":
-            status = "deleted"
-        elif item.success:
-            status, error_type = "active", None
-        else:
-            status, error_type = "auth_error", item.error_type
-    return State(status, error_type, "user-1" if attributed else None, history)
 
 
 @asynccontextmanager
