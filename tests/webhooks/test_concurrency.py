@@ -10,19 +10,23 @@ per-order constants.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any
 
 import httpx2
 import pytest
-from sqlalchemy import Engine, event, text
+from sqlalchemy import Engine, event, text, update
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from app.application import create_app
+from app.db.models import Delivery
+from app.db.types import utcnow
 from tests.webhooks.helpers import signed_headers
 from tests.webhooks.rules import (
     CREATION,
@@ -248,3 +252,41 @@ async def test_a_whole_event_set_at_once_twice_ends_in_a_state_some_order_gives(
         assert stored_bodies(sync_engine, cid) == Counter(
             item.body(cid).decode() for item in events
         )
+
+
+async def test_a_body_repeated_after_the_window_is_applied_once_even_when_raced(
+    parallel_app: Starlette, sync_engine: Engine
+) -> None:
+    """A refresh that fails again after a recovery sends the very same body: a new event."""
+    connection_id = "conn-again"
+    broke, recovered = REFRESH_FAILED.body(connection_id), REFRESH_OK.body(connection_id)
+    async with running(parallel_app) as client:
+        for body in [CREATION.body(connection_id), broke, recovered]:  # in this order
+            (response,) = await post_all(client, [body])
+            assert response.json()["status"] == "applied"
+        window = parallel_app.state.registry.settings.webhook_dedupe_window_seconds
+        with sync_engine.begin() as conn:
+            conn.execute(
+                update(Delivery).values(received_at=utcnow() - timedelta(seconds=window + 1))
+            )
+        meter = OverlapMeter()
+        meter.attach(parallel_app)
+        responses = await post_all(client, [broke] * 20)
+
+    meter.assert_overlapped()
+    assert [response.status_code for response in responses] == [200] * 20
+    assert Counter(response.json()["status"] for response in responses) == {
+        "applied": 1,
+        "duplicate": 19,
+    }
+    assert observed(sync_engine, connection_id) == final_state(
+        [CREATION, REFRESH_FAILED, REFRESH_OK, REFRESH_FAILED]
+    )
+    assert stored_bodies(sync_engine, connection_id) == Counter(
+        body.decode() for body in [CREATION.body(connection_id), broke, broke, recovered]
+    )
+    with sync_engine.connect() as conn:
+        keys = [row.dedupe_key for row in conn.execute(text("SELECT dedupe_key FROM deliveries"))]
+    archived = [key for key in keys if "#" in key]
+    assert len(archived) == 1
+    assert archived[0].partition("#")[0] == hashlib.sha256(broke).hexdigest()
