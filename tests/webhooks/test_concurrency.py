@@ -22,7 +22,6 @@ import httpx2
 import pytest
 from sqlalchemy import Engine, event, text, update
 from starlette.applications import Starlette
-from starlette.testclient import TestClient
 
 from app.application import create_app
 from app.db.models import Delivery
@@ -188,19 +187,29 @@ async def test_fifty_identical_deliveries_at_once_store_one_and_apply_once(
 
 
 @pytest.mark.parametrize("name", sorted(EVENT_SETS))
-def test_every_arrival_order_twice_ends_in_the_state_the_rules_give(
-    client: TestClient, sync_engine: Engine, name: str
+async def test_every_arrival_order_twice_ends_in_the_state_the_rules_give(
+    parallel_app: Starlette, sync_engine: Engine, name: str
 ) -> None:
     events = EVENT_SETS[name]
     orders = list(itertools.permutations(events))
-    for number, order in enumerate(orders):
-        connection_id = f"{name}-{number}"
-        bodies = [item.body(connection_id) for item in order]
+
+    async def deliver_in_order(client: httpx2.AsyncClient, bodies: list[bytes]) -> None:
         # The whole sequence twice: a retry of an early event arrives after later ones.
         for body in [*bodies, *bodies]:
-            response = client.post("/webhooks/nango", content=body, headers=signed_headers(body))
+            (response,) = await post_all(client, [body])
             assert response.status_code == 200, response.text
 
+    # One connection per order; the orders run side by side, each strictly in sequence.
+    async with running(parallel_app) as client:
+        await asyncio.gather(
+            *(
+                deliver_in_order(client, [item.body(f"{name}-{number}") for item in order])
+                for number, order in enumerate(orders)
+            )
+        )
+
+    for number, order in enumerate(orders):
+        connection_id = f"{name}-{number}"
         expected = final_state(order)
         assert observed(sync_engine, connection_id) == expected, [
             (item.operation, item.success) for item in order
@@ -208,7 +217,7 @@ def test_every_arrival_order_twice_ends_in_the_state_the_rules_give(
         if DELETION in order:
             assert expected.status == "deleted"
         assert stored_bodies(sync_engine, connection_id) == Counter(
-            body.decode() for body in bodies
+            item.body(connection_id).decode() for item in order
         )
 
 

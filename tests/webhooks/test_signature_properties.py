@@ -328,6 +328,7 @@ def test_http_answers_only_what_the_signature_and_body_deserve(
     path = "/webhooks/nango/" if trailing_slash else "/webhooks/nango"
     response = http.post(path, content=body, headers=headers)
     assert str(response.status_code) == expected, response.text
+    assert not response.history  # never a redirect, with or without the trailing slash
     if expected == "200":
         assert response.json()["status"] in {"applied", "recorded", "duplicate", "failed"}
     else:
