@@ -2,7 +2,7 @@
 
 Every vector is posted as Nango sends it, the rows are read back from the database, bodies too
 large are refused while being read (chunked, no Content-Length), and the server stops on SIGTERM
-within the time Nango's senders and orchestrators allow. Its logs are JSON lines with a request
+within the time Nango's senders and orchestrators allow, finishing the delivery in flight. Its logs are JSON lines with a request
 ID and carry no key and no signature.
 """
 
@@ -220,8 +220,35 @@ def test_vectors_over_a_real_socket_then_sigterm(server: Server, sync_engine: En
     assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
     assert len(table(sync_engine, "SELECT id FROM deliveries")) == stored
 
-    started = time.monotonic()
-    server.process.send_signal(signal.SIGTERM)
+    # A delivery in flight when SIGTERM arrives (a deploy) is finished and stored, not dropped:
+    # half the body is sent, then the signal, then the rest.
+    inflight = auth_body(connection_id="e2e-inflight", environment="dev")
+    secrets_in_play.add(sign(inflight))
+    head = (
+        "POST /webhooks/nango HTTP/1.1\r\n"
+        f"Host: 127.0.0.1:{server.port}\r\n"
+        "Content-Type: application/json\r\n"
+        f"X-Nango-Hmac-Sha256: {sign(inflight)}\r\n"
+        f"Content-Length: {len(inflight)}\r\n\r\n"
+    ).encode()
+    half = len(inflight) // 2
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as conn:
+        conn.sendall(head + inflight[:half])
+        time.sleep(0.3)  # let uvicorn start the request cycle
+        started = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        conn.sendall(inflight[half:])
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+            if _complete(answer):
+                break
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:300]
+    assert json.loads(answer.partition(b"\r\n\r\n")[2])["status"] == "applied"
+    stored += 1
+    assert len(table(sync_engine, "SELECT id FROM deliveries")) == stored
+
     try:
         returncode = server.process.wait(timeout=STOP_WITHIN_SECONDS)
     except subprocess.TimeoutExpired:
@@ -241,7 +268,7 @@ def test_vectors_over_a_real_socket_then_sigterm(server: Server, sync_engine: En
     assert "Application shutdown complete." in events
     requests = [line for line in lines if line.get("event") == "request"]
     webhooks = [line for line in lines if line.get("event") == "webhook"]
-    assert len(webhooks) == len(VECTORS) + 1
+    assert len(webhooks) == len(VECTORS) + 2  # the vectors, the chunked one, the one in flight
     assert all(line.get("request_id") for line in [*requests, *webhooks])
     logged_ids = {line["request_id"] for line in webhooks}
     assert {f"e2e-vector-{number}" for number in range(len(VECTORS))} <= logged_ids
