@@ -2,8 +2,8 @@
 
 Every vector is posted as Nango sends it, the rows are read back from the database, bodies too
 large are refused while being read (chunked, no Content-Length), and the server stops on SIGTERM
-within the time Nango's senders and orchestrators allow, finishing the delivery in flight. Its logs are JSON lines with a request
-ID and carry no key and no signature.
+within the time Nango's senders and orchestrators allow, finishing the delivery in flight. Its
+logs are JSON lines with a request ID and carry no key and no signature.
 """
 
 from __future__ import annotations
