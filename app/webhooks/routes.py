@@ -36,7 +36,8 @@ async def read_limited(request: Request, limit: int) -> bytes:
     missing or lying Content-Length (or a chunked body) cannot make the process buffer more.
     """
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    # isascii() too: str.isdigit() accepts digits int() refuses ("²", decoded from latin-1).
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"webhook body is larger than {limit} bytes")
     chunks: list[bytes] = []
     size = 0
