@@ -82,9 +82,9 @@ def serve(*, env: dict[str, str], output: Path, workers: int = 1, timeout: float
         if process.poll() is not None:
             raise RuntimeError(f"serve exited with {process.returncode}:\n{served.text()}")
         try:
-            if httpx2.get(served.base_url + "/healthz", timeout=1).status_code == 200:
-                if workers == 1 or len(served.worker_pids()) == workers:
-                    return served
+            healthy = httpx2.get(served.base_url + "/healthz", timeout=1).status_code == 200
+            if healthy and (workers == 1 or len(served.worker_pids()) == workers):
+                return served
         except httpx2.TransportError:
             pass
         time.sleep(0.1)
