@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 
-.PHONY: run test install dev migrate fmt lint typecheck test-sqlite test-postgres lock clean
+.PHONY: run test install dev migrate fmt lint typecheck test-sqlite test-postgres reliability lock clean
 
 run: install migrate
 	$(BIN)/nango-registry serve --port $${PORT:-8000}
@@ -38,6 +38,12 @@ test-sqlite: dev
 
 test-postgres: dev
 	TEST_DB=postgres $(BIN)/pytest
+
+# The long versions of tests/reliability (issue 8): a database outage and worker kills under
+# load with Nango's real retry delays, thousands of fuzz cases. Figures: build/reliability/.
+reliability: dev
+	RELIABILITY=long TEST_DB=postgres $(BIN)/pytest tests/reliability
+	@cat build/reliability/*-long.json
 
 fmt: dev
 	$(BIN)/ruff format .

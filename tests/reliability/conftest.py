@@ -26,11 +26,10 @@ MODE = "long" if LONG else "short"
 RESULTS_DIR = Path(__file__).resolve().parents[2] / "build" / "reliability"
 
 
-def postgres_pass_only() -> Any:
-    return pytest.mark.skipif(
-        os.environ.get("TEST_DB", "sqlite") != "postgres",
-        reason="runs in the TEST_DB=postgres pass only (it owns its own Postgres cluster)",
-    )
+def postgres_pass_only(
+    reason: str = "runs in the TEST_DB=postgres pass only (it owns its own Postgres cluster)",
+) -> Any:
+    return pytest.mark.skipif(os.environ.get("TEST_DB", "sqlite") != "postgres", reason=reason)
 
 
 def write_results(name: str, results: dict[str, Any]) -> Path:

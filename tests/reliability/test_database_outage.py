@@ -33,7 +33,7 @@ from tests.reliability.sender import (
 )
 from tests.reliability.server import Served, serve, stop
 
-pytestmark = postgres_pass_only()
+pytestmark = [postgres_pass_only(), pytest.mark.slow]
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, text
 from starlette.testclient import TestClient
@@ -28,7 +28,9 @@ from tests.conftest import TEST_API_KEY, TEST_NANGO_SECRET, TEST_SECRET, TEST_SI
 from tests.reliability.conftest import LONG, postgres_pass_only
 from tests.webhooks.helpers import sign
 
-pytestmark = postgres_pass_only()
+pytestmark = postgres_pass_only(
+    "runs in the TEST_DB=postgres pass only (Postgres is the stricter store: NUL, surrogates)"
+)
 
 EXAMPLES = 1500 if LONG else 80
 FUZZ = settings(
@@ -199,6 +201,7 @@ def test_deep_nesting(
 
 
 @FUZZ
+@example(digits=5000, field="connectionId", exponent="")
 @given(
     digits=st.integers(min_value=1, max_value=6000),
     field=st.sampled_from(["connectionId", "success", "environment", "tags", "x"]),

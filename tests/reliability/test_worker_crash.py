@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from tests import secret_scan
 from tests.reliability import scenario
 from tests.reliability.conftest import LONG, postgres_pass_only, write_results
@@ -29,7 +31,7 @@ from tests.reliability.sender import (
 )
 from tests.reliability.server import Served, serve, stop
 
-pytestmark = postgres_pass_only()
+pytestmark = [postgres_pass_only(), pytest.mark.slow]
 
 
 @dataclass(frozen=True)
