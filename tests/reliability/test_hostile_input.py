@@ -57,10 +57,17 @@ def fuzz_client(database_url: str) -> Iterator[TestClient]:
         yield client
 
 
-def is_json(body: bytes) -> bool:
+def is_json(body: bytes) -> bool | None:
+    """True or False; None when nesting reaches Python's recursion limit.
+
+    How deep the parser gets depends on the stack already in use, which differs between this
+    thread and the app's, so near the limit either answer (200 stored, 400 not stored) is right.
+    """
     try:
         json.loads(body.decode("utf-8"), parse_int=Decimal)
-    except (UnicodeDecodeError, ValueError, RecursionError):
+    except RecursionError:
+        return None
+    except (UnicodeDecodeError, ValueError):
         return False
     return True
 
@@ -91,9 +98,12 @@ def check(
         assert set(response.json()["error"]) >= {"code", "message"}
     if not signed:
         return response.status_code
+    verdict = is_json(body)
+    if verdict is None:
+        verdict = response.status_code == 200
     if len(body) > MAX_BODY:
         assert response.status_code == 413
-    elif is_json(body):
+    elif verdict:
         assert response.status_code == 200, (response.text, body[:200])
         assert response.json()["status"] in {"recorded", "applied", "duplicate"}, response.text
         rows = stored(engine, body)

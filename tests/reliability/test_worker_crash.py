@@ -14,13 +14,12 @@ import os
 import signal
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
 from tests import secret_scan
 from tests.reliability import scenario
-from tests.reliability.conftest import LONG, postgres_pass_only, write_results
+from tests.reliability.conftest import LONG, MODE, RESULTS_DIR, postgres_pass_only, write_results
 from tests.reliability.pgcluster import PgCluster
 from tests.reliability.sender import (
     NANGO_RETRY_DELAYS,
@@ -86,12 +85,17 @@ async def _scenario(served: Served, deliveries: list[Delivery]) -> list[Kill]:
     return kills
 
 
-def test_killed_worker_loses_no_acknowledged_delivery(pgcluster: PgCluster, tmp_path: Path) -> None:
+def test_killed_worker_loses_no_acknowledged_delivery(pgcluster: PgCluster) -> None:
     secret_scan.register_secret(scenario.NANGO_SECRET, scenario.SECRET_KEY)
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     deliveries = [
         make_delivery(index, "crash") for index in range(int(PLAN.rate_per_second * PLAN.seconds))
     ]
-    served = serve(env=scenario.server_env(pgcluster), output=tmp_path / "serve.log", workers=2)
+    served = serve(
+        env=scenario.server_env(pgcluster),
+        output=RESULTS_DIR / f"serve-worker-crash-{MODE}.log",
+        workers=2,
+    )
     try:
         workers_before = served.worker_pids()
         kills = asyncio.run(_scenario(served, deliveries))
