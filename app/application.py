@@ -11,6 +11,7 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Route
 
 from app import health
+from app.api import connections, openapi
 from app.db.engine import create_engine, create_sessionmaker
 from app.errors import EXCEPTION_HANDLERS
 from app.logs import get_logger
@@ -25,6 +26,8 @@ def _routes() -> list[BaseRoute]:
     return [
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
+        Route("/openapi.json", openapi.openapi_json, methods=["GET"]),
+        *connections.ROUTES,
     ]
 
 

@@ -1,0 +1,1 @@
+"""Connections: where their state is stored, changed and found."""
