@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import wraps
 
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import Request
@@ -26,9 +26,10 @@ from app.api.schemas import (
     parse_page,
     parse_selector,
     parse_summary_query,
+    storable,
 )
 from app.connections import queries
-from app.errors import ServiceUnavailable
+from app.errors import NotFound, ServiceUnavailable
 from app.logs import get_logger
 from app.metrics import DATABASE_ERRORS, LOOKUPS
 from app.state import app_state
@@ -46,7 +47,8 @@ def lookup(route: str) -> Callable[[Handler], Handler]:
             try:
                 await require_api_key(request)
                 return await handler(request)
-            except (DBAPIError, PoolTimeout) as error:
+            # Only "the database is not answering" is a 503; any other database error is a bug.
+            except (OperationalError, InterfaceError, PoolTimeout) as error:
                 DATABASE_ERRORS.labels(operation=route).inc()
                 log.warning("database_unavailable", route=route, error_type=type(error).__name__)
                 raise ServiceUnavailable(
@@ -62,6 +64,12 @@ def lookup(route: str) -> Callable[[Handler], Handler]:
 async def _session(request: Request) -> AsyncIterator[AsyncSession]:
     async with app_state(request).sessionmaker() as session:
         yield session
+
+
+def _check_connection_id(request: Request) -> None:
+    connection_id = request.path_params["connection_id"]
+    if not storable(connection_id):
+        raise NotFound(f"no connection {connection_id!r}", code="connection_not_found")
 
 
 @lookup("list_connections")
@@ -99,6 +107,7 @@ async def list_connections(request: Request) -> JSONResponse:
 @lookup("get_connection")
 async def get_connection(request: Request) -> JSONResponse:
     selector = parse_selector(request.query_params)
+    _check_connection_id(request)
     async with _session(request) as session:
         connection = await queries.get_connection(
             session,
@@ -113,6 +122,7 @@ async def get_connection(request: Request) -> JSONResponse:
 async def connection_events(request: Request) -> JSONResponse:
     selector = parse_selector(request.query_params, paginated=True)
     page_query = parse_page(request.query_params)
+    _check_connection_id(request)
     settings = app_state(request).settings
     async with _session(request) as session:
         connection = await queries.get_connection(
@@ -148,10 +158,12 @@ async def connection_events(request: Request) -> JSONResponse:
 async def end_user_summary(request: Request) -> JSONResponse:
     environment = parse_summary_query(request.query_params)
     end_user_id = request.path_params["end_user_id"]
-    async with _session(request) as session:
-        summaries = await queries.end_user_summary(
-            session, end_user_id=end_user_id, environment=environment
-        )
+    summaries: list[queries.IntegrationSummary] = []
+    if storable(end_user_id):
+        async with _session(request) as session:
+            summaries = await queries.end_user_summary(
+                session, end_user_id=end_user_id, environment=environment
+            )
     return JSONResponse(
         {
             "data": {

@@ -315,7 +315,11 @@ def _path(name: str, description: str) -> dict[str, Any]:
     }
 
 
-_TEXT = {"type": "string", "minLength": 1, "maxLength": MAX_VALUE_LENGTH}
+# Postgres text cannot hold NUL, so no stored value has one; a NUL in a filter is a 400.
+_NO_NUL = "^[^\\x00]*$"
+
+
+_TEXT = {"type": "string", "minLength": 1, "maxLength": MAX_VALUE_LENGTH, "pattern": _NO_NUL}
 _LIMIT = _query(
     "limit",
     f"page size, 1 to {MAX_LIMIT}",

@@ -135,6 +135,8 @@ def _text(params: QueryParams, name: str) -> str | None:
         return None
     if not value:
         raise bad_parameter(name, "must not be empty")
+    if "\x00" in value:
+        raise bad_parameter(name, "must not contain NUL characters")
     if len(value) > MAX_VALUE_LENGTH:
         raise bad_parameter(name, f"at most {MAX_VALUE_LENGTH} characters")
     return value
@@ -190,8 +192,10 @@ def _tags(params: QueryParams) -> dict[str, str]:
                 raise bad_parameter(
                     name, "tag key must start with a letter, then letters, digits or _-./ (max 64)"
                 )
-            if not value or len(value) > MAX_VALUE_LENGTH:
-                raise bad_parameter(name, f"tag value must be 1 to {MAX_VALUE_LENGTH} characters")
+            if not value or len(value) > MAX_VALUE_LENGTH or "\x00" in value:
+                raise bad_parameter(
+                    name, f"tag value must be 1 to {MAX_VALUE_LENGTH} characters, without NUL"
+                )
             key = key.lower()
             if key in tags:
                 raise bad_parameter(name, "given more than once")
@@ -281,6 +285,11 @@ class Page:
 
 def parse_page(params: QueryParams) -> Page:
     return Page(limit=_limit(params), cursor=_cursor(params))
+
+
+def storable(path_value: str) -> bool:
+    """Whether an ID from the path could be stored at all: Postgres text cannot hold NUL."""
+    return "\x00" not in path_value
 
 
 def parse_summary_query(params: QueryParams) -> str | None:
