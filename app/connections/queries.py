@@ -3,7 +3,7 @@
 Listings are newest registered first and paginate by keyset on the primary key (``id < after``),
 never by offset: a connection inserted while a client pages through cannot shift the pages, so
 no pre-existing row is repeated or skipped. Every filter is an equality on an indexed column, or
-an EXISTS on ``connection_tags (key, value, connection_pk)``, so lookups stay index-driven on
+a semi-join on ``connection_tags (key, value, connection_pk)``, so lookups stay index-driven on
 SQLite and Postgres alike (``tests/api/test_query_plans.py`` reads the plans).
 """
 
@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import and_, exists, or_
+from sqlalchemy import and_, or_
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
@@ -61,11 +61,14 @@ def connections_query(
     if set(statuses) != {status.value for status in ConnectionStatus}:
         query = query.where(col(Connection.status).in_(list(statuses)))
     for key, value in (tags or {}).items():
+        # IN (uncorrelated subquery), not a correlated EXISTS: SQLite would otherwise scan every
+        # connection and probe the tags per row; this way both databases start from the
+        # (key, value, connection_pk) index.
         query = query.where(
-            exists().where(
-                col(ConnectionTag.key) == key,
-                col(ConnectionTag.value) == value,
-                col(ConnectionTag.connection_pk) == col(Connection.id),
+            col(Connection.id).in_(
+                select(col(ConnectionTag.connection_pk)).where(
+                    col(ConnectionTag.key) == key, col(ConnectionTag.value) == value
+                )
             )
         )
     # "Attributed" means someone owns it: an end user or an organization. A connection made
