@@ -144,7 +144,7 @@ def test_every_combination_of_filters(
     client: TestClient, auth_headers: dict[str, str], dataset: list[dict[str, Any]]
 ) -> None:
     options: dict[str, list[Any]] = {
-        "end_user_id": [None, "u1", "u2"],
+        "end_user_id": [None, "u2"],
         "organization_id": [None, "o1"],
         "integration_id": [None, "github"],
         "environment": [None, "prod"],
