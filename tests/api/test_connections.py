@@ -10,6 +10,7 @@ from starlette.testclient import TestClient
 
 from app.metrics import LOOKUPS
 from tests.api.conftest import add_connection
+from tests.conftest import TEST_API_KEY
 
 # (end_user_id, organization_id, integration_id, environment, status, tags)
 ROWS: list[tuple[str | None, str | None, str, str, str, dict[str, str]]] = [
@@ -464,3 +465,16 @@ def test_nul_characters_never_reach_the_database(
     assert client.get("/v1/connections/a%00b/events", headers=auth_headers).status_code == 404
     summary = client.get("/v1/end-users/a%00b/summary", headers=auth_headers)
     assert summary.json()["data"]["integrations"] == []
+
+
+def test_an_unreachable_database_is_503_not_500(make_settings: Any) -> None:
+    from app.application import create_app
+
+    settings = make_settings(database_url="postgresql://nobody@127.0.0.1:1/none")
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        response = client.get(
+            "/v1/connections", headers={"Authorization": f"Bearer {TEST_API_KEY}"}
+        )
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "5"
+    assert response.json()["error"]["code"] == "service_unavailable"
