@@ -384,8 +384,32 @@ PATHS: dict[str, dict[str, Any]] = {
                 "content": {JSON: {"schema": {"type": "object"}}},
             },
             "responses": {
-                "200": json_response("Stored (or a duplicate)", {"type": "object"}),
+                "200": json_response(
+                    "Stored (`status` is the outcome: applied, recorded, duplicate, ...)",
+                    {
+                        "type": "object",
+                        "required": ["status", "delivery_id"],
+                        "properties": {
+                            "status": {"type": "string"},
+                            "delivery_id": {"type": ["integer", "null"]},
+                        },
+                    },
+                ),
                 **error_responses(400, 401, 413, 503),
+            },
+        }
+    },
+    "/metrics": {
+        "get": {
+            "operationId": "metrics",
+            "summary": "Prometheus metrics (404 when METRICS_ENABLED=false)",
+            "security": BEARER,
+            "responses": {
+                "200": {
+                    "description": "Prometheus text exposition format",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                },
+                **error_responses(401, 404),
             },
         }
     },
