@@ -13,7 +13,7 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Route
 
 from app import health, monitoring
-from app.api import actions
+from app.api import actions, connections, openapi
 from app.connections.reconcile import run_schedule
 from app.db.engine import create_engine, create_sessionmaker
 from app.errors import EXCEPTION_HANDLERS
@@ -31,8 +31,10 @@ def _routes() -> list[BaseRoute]:
     return [
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
+        Route("/openapi.json", openapi.openapi_json, methods=["GET"]),
         *WEBHOOK_ROUTES,
         Route("/metrics", monitoring.metrics, methods=["GET"]),
+        *connections.ROUTES,
         *actions.routes(),
     ]
 

@@ -1,0 +1,192 @@
+"""The lookup API: ``/v1/connections``, one connection, its history, an end user's summary.
+
+Every route authenticates first (a bad key is a 401 before any 400), is counted in
+``nango_registry_lookups{route}``, and answers 503 when the database does not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from functools import wraps
+
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from app.api import cursors
+from app.api.auth import require_api_key
+from app.api.schemas import (
+    connection_to_json,
+    event_to_json,
+    parse_connection_query,
+    parse_page,
+    parse_selector,
+    parse_summary_query,
+    storable,
+)
+from app.connections import queries
+from app.errors import NotFound, ServiceUnavailable
+from app.logs import get_logger
+from app.metrics import DATABASE_ERRORS, LOOKUPS
+from app.state import app_state
+
+log = get_logger(__name__)
+
+Handler = Callable[[Request], Awaitable[JSONResponse]]
+
+
+def lookup(route: str) -> Callable[[Handler], Handler]:
+    def decorate(handler: Handler) -> Handler:
+        @wraps(handler)
+        async def wrapper(request: Request) -> JSONResponse:
+            LOOKUPS.labels(route=route).inc()
+            try:
+                await require_api_key(request)
+                return await handler(request)
+            # Only "the database is not answering" is a 503; any other database error is a bug.
+            except (OperationalError, InterfaceError, PoolTimeout) as error:
+                DATABASE_ERRORS.labels(operation=route).inc()
+                log.warning("database_unavailable", route=route, error_type=type(error).__name__)
+                raise ServiceUnavailable(
+                    "the database is unavailable; retry shortly", headers={"Retry-After": "5"}
+                ) from None
+
+        return wrapper
+
+    return decorate
+
+
+@asynccontextmanager
+async def _session(request: Request) -> AsyncIterator[AsyncSession]:
+    async with app_state(request).sessionmaker() as session:
+        yield session
+
+
+def _check_connection_id(request: Request) -> None:
+    connection_id = request.path_params["connection_id"]
+    if not storable(connection_id):
+        raise NotFound(f"no connection {connection_id!r}", code="connection_not_found")
+
+
+@lookup("list_connections")
+async def list_connections(request: Request) -> JSONResponse:
+    query = parse_connection_query(request.query_params)
+    settings = app_state(request).settings
+    after_id = None
+    if query.cursor is not None:
+        after_id = cursors.decode_cursor(
+            settings, route="connections", cursor=query.cursor, scope=query.scope()
+        )
+    async with _session(request) as session:
+        page = await queries.find_connections(
+            session,
+            end_user_id=query.end_user_id,
+            organization_id=query.organization_id,
+            integration_id=query.integration_id,
+            environment=query.environment,
+            statuses=query.statuses,
+            tags=query.tags,
+            attributed=query.attributed,
+            limit=query.limit,
+            after_id=after_id,
+        )
+    next_cursor = None
+    if page.next_after_id is not None:
+        next_cursor = cursors.encode_cursor(
+            settings, route="connections", after_id=page.next_after_id, scope=query.scope()
+        )
+    return JSONResponse(
+        {"data": [connection_to_json(row) for row in page.items], "next_cursor": next_cursor}
+    )
+
+
+@lookup("get_connection")
+async def get_connection(request: Request) -> JSONResponse:
+    selector = parse_selector(request.query_params)
+    _check_connection_id(request)
+    async with _session(request) as session:
+        connection = await queries.get_connection(
+            session,
+            connection_id=request.path_params["connection_id"],
+            integration_id=selector.integration_id,
+            environment=selector.environment,
+        )
+    return JSONResponse({"data": connection_to_json(connection)})
+
+
+@lookup("connection_events")
+async def connection_events(request: Request) -> JSONResponse:
+    selector = parse_selector(request.query_params, paginated=True)
+    page_query = parse_page(request.query_params)
+    _check_connection_id(request)
+    settings = app_state(request).settings
+    async with _session(request) as session:
+        connection = await queries.get_connection(
+            session,
+            connection_id=request.path_params["connection_id"],
+            integration_id=selector.integration_id,
+            environment=selector.environment,
+        )
+        assert connection.id is not None
+        scope = {"connection": connection.id}
+        after_id = None
+        if page_query.cursor is not None:
+            after_id = cursors.decode_cursor(
+                settings, route="events", cursor=page_query.cursor, scope=scope
+            )
+        page = await queries.find_connection_events(
+            session, connection_pk=connection.id, limit=page_query.limit, after_id=after_id
+        )
+    next_cursor = None
+    if page.next_after_id is not None:
+        next_cursor = cursors.encode_cursor(
+            settings, route="events", after_id=page.next_after_id, scope=scope
+        )
+    return JSONResponse(
+        {
+            "data": [event_to_json(event, delivery) for event, delivery in page.items],
+            "next_cursor": next_cursor,
+        }
+    )
+
+
+@lookup("end_user_summary")
+async def end_user_summary(request: Request) -> JSONResponse:
+    environment = parse_summary_query(request.query_params)
+    end_user_id = request.path_params["end_user_id"]
+    summaries: list[queries.IntegrationSummary] = []
+    if storable(end_user_id):
+        async with _session(request) as session:
+            summaries = await queries.end_user_summary(
+                session, end_user_id=end_user_id, environment=environment
+            )
+    return JSONResponse(
+        {
+            "data": {
+                "end_user_id": end_user_id,
+                "integrations": [
+                    {
+                        "integration_id": item.integration_id,
+                        "environment": item.environment,
+                        "connected": item.connected,
+                        "needs_reauthorization": item.needs_reauthorization,
+                        "connection_count": item.connection_count,
+                        "connection": connection_to_json(item.connection),
+                    }
+                    for item in summaries
+                ],
+            }
+        }
+    )
+
+
+ROUTES = [
+    Route("/v1/connections", list_connections, methods=["GET"]),
+    Route("/v1/connections/{connection_id}", get_connection, methods=["GET"]),
+    Route("/v1/connections/{connection_id}/events", connection_events, methods=["GET"]),
+    Route("/v1/end-users/{end_user_id}/summary", end_user_summary, methods=["GET"]),
+]

@@ -1,0 +1,130 @@
+"""``nango-registry api-keys create|list|revoke``: API keys kept in the database.
+
+A new key is printed once, on stdout, and only its SHA-256 is stored; ``list`` never shows a
+hash. Revocation takes effect on the next request (keys are looked up on every request).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import sys
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, select
+
+from app.api.auth import generate_key, hash_key
+from app.db.engine import create_engine, create_sessionmaker, unit_of_work
+from app.db.models import ApiKey
+from app.db.types import utcnow
+from app.logs import configure_logging, get_logger
+from app.settings import Settings, load_settings
+
+log = get_logger(__name__)
+
+# Names appear in every access-log line, so they are kept to plain tokens; "env:" names the
+# keys from REGISTRY_API_KEYS.
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")
+
+
+def register(commands: Any) -> None:
+    parser = commands.add_parser("api-keys", help="create, list and revoke lookup-API keys")
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    create = actions.add_parser("create", help="create a key and print it once")
+    create.add_argument("--name", required=True, help="who uses the key (unique, shown in logs)")
+    create.add_argument(
+        "--read-only", action="store_true", help="the key may read but not change state"
+    )
+    create.set_defaults(handler=run_create)
+
+    listing = actions.add_parser("list", help="list keys (never their secrets)")
+    listing.set_defaults(handler=run_list)
+
+    revoke = actions.add_parser("revoke", help="revoke a key by name, effective immediately")
+    revoke.add_argument("name")
+    revoke.set_defaults(handler=run_revoke)
+
+
+def _settings() -> Settings:
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    return settings
+
+
+def _fail(message: str) -> int:
+    print(f"nango-registry: {message}", file=sys.stderr)
+    return 1
+
+
+def run_create(args: argparse.Namespace) -> int:
+    if not _NAME.match(args.name):
+        return _fail("--name: letters, digits and ._- only, starting with a letter or digit")
+    key = generate_key()
+    try:
+        asyncio.run(_create(_settings(), name=args.name, key=key, read_only=args.read_only))
+    except IntegrityError:
+        return _fail(f"a key named {args.name!r} exists (names are never reused); pick another")
+    log.info("api_key_created", name=args.name, read_only=args.read_only)
+    print(key)
+    return 0
+
+
+def run_list(args: argparse.Namespace) -> int:
+    rows = asyncio.run(_list(_settings()))
+    print(f"{'NAME':<32} {'READ_ONLY':<9} {'CREATED_AT':<25} REVOKED_AT")
+    for row in rows:
+        created = row.created_at.isoformat(timespec="seconds")
+        revoked = row.revoked_at.isoformat(timespec="seconds") if row.revoked_at else "-"
+        print(f"{row.name:<32} {str(row.read_only).lower():<9} {created:<25} {revoked}")
+    return 0
+
+
+def run_revoke(args: argparse.Namespace) -> int:
+    outcome = asyncio.run(_revoke(_settings(), name=args.name))
+    if outcome == "unknown":
+        return _fail(f"no key named {args.name!r}")
+    if outcome == "already":
+        print(f"{args.name} was already revoked")
+        return 0
+    log.info("api_key_revoked", name=args.name)
+    print(f"{args.name} revoked")
+    return 0
+
+
+async def _create(settings: Settings, *, name: str, key: str, read_only: bool) -> None:
+    engine = create_engine(settings)
+    try:
+        async with unit_of_work(create_sessionmaker(engine)) as session:
+            session.add(ApiKey(name=name, key_hash=hash_key(key), read_only=read_only))
+    finally:
+        await engine.dispose()
+
+
+async def _list(settings: Settings) -> list[ApiKey]:
+    engine = create_engine(settings)
+    try:
+        async with create_sessionmaker(engine)() as session:
+            result = await session.execute(select(ApiKey).order_by(col(ApiKey.name)))
+            return list(result.scalars().all())
+    finally:
+        await engine.dispose()
+
+
+async def _revoke(settings: Settings, *, name: str) -> str:
+    engine = create_engine(settings)
+    try:
+        async with unit_of_work(create_sessionmaker(engine)) as session:
+            row = (
+                await session.execute(select(ApiKey).where(col(ApiKey.name) == name))
+            ).scalar_one_or_none()
+            if row is None:
+                return "unknown"
+            if row.revoked_at is not None:
+                return "already"
+            row.revoked_at = utcnow()
+            return "revoked"
+    finally:
+        await engine.dispose()

@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import Engine, text
+from starlette.testclient import TestClient
+
+from app.cli import main
+
+
+@pytest.fixture
+def cli_env(
+    monkeypatch: pytest.MonkeyPatch, database_url: str, sync_engine: Engine
+) -> Iterator[None]:
+    """The CLI reads its settings from the environment, like in production."""
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("LOG_LEVEL", "warning")
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    # The CLI configures logging onto this test's captured stdout; later tests must not inherit it.
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.usefixtures("cli_env")
+def test_create_list_revoke(
+    client: TestClient, sync_engine: Engine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(capsys, "api-keys", "create", "--name", "billing")
+    assert code == 0
+    key = out.strip()
+    assert key.startswith("nreg_")
+    assert len(key) > 40
+    code, out, _ = run(capsys, "api-keys", "create", "--name", "dashboard", "--read-only")
+    read_only_key = out.strip()
+
+    with sync_engine.connect() as conn:
+        stored = conn.execute(text("SELECT name, key_hash FROM api_keys ORDER BY name")).all()
+    assert [row.name for row in stored] == ["billing", "dashboard"]
+    assert all(row.key_hash not in (key, read_only_key) for row in stored)
+
+    assert client.get("/v1/connections", headers={"Authorization": f"Bearer {key}"}).is_success
+    assert client.get(
+        "/v1/connections", headers={"Authorization": f"Bearer {read_only_key}"}
+    ).is_success
+
+    code, out, _ = run(capsys, "api-keys", "list")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split() == ["NAME", "READ_ONLY", "CREATED_AT", "REVOKED_AT"]
+    assert lines[1].split()[:2] == ["billing", "false"]
+    assert lines[1].split()[3] == "-"
+    assert lines[2].split()[:2] == ["dashboard", "true"]
+    for row in stored:
+        assert row.key_hash not in out
+    assert key not in out
+
+    code, out, _ = run(capsys, "api-keys", "revoke", "billing")
+    assert code == 0
+    assert "revoked" in out
+    refused = client.get("/v1/connections", headers={"Authorization": f"Bearer {key}"})
+    assert refused.status_code == 401
+    code, out, _ = run(capsys, "api-keys", "list")
+    assert out.splitlines()[1].split()[3] != "-"
+    code, out, _ = run(capsys, "api-keys", "revoke", "billing")
+    assert code == 0
+    assert "already revoked" in out
+
+
+@pytest.mark.usefixtures("cli_env")
+def test_names_are_unique_and_plain(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(capsys, "api-keys", "create", "--name", "svc")[0] == 0
+    code, out, err = run(capsys, "api-keys", "create", "--name", "svc")
+    assert code == 1
+    assert out == ""
+    assert "exists" in err
+    code, out, err = run(capsys, "api-keys", "create", "--name", "env:1")
+    assert code == 1
+    assert "--name" in err
+    code, _, err = run(capsys, "api-keys", "revoke", "nobody")
+    assert code == 1
+    assert "no key named" in err
