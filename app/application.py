@@ -6,10 +6,12 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx2
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.requests import Request
 from starlette.routing import BaseRoute, Route
 
 from app import health, monitoring
@@ -27,16 +29,47 @@ from app.webhooks.routes import ROUTES as WEBHOOK_ROUTES
 log = get_logger(__name__)
 
 
+def _one_route_per_path(routes: list[BaseRoute]) -> list[BaseRoute]:
+    """Join routes that share a path into one, so 405 answers list every method in ``Allow``,
+    and put catch-all paths (ending in a ``:path`` parameter) after the ones they would swallow.
+
+    The lookup and action modules each declare their own methods on ``/v1/connections/{id}``;
+    Starlette would otherwise answer a wrong method with only the first route's methods.
+    """
+    handlers: dict[str, dict[str, Any]] = {}
+    for route in routes:
+        if isinstance(route, Route):
+            for method in route.methods or ():
+                handlers.setdefault(route.path, {})[method] = route.endpoint
+    joined: list[BaseRoute] = []
+    seen: set[str] = set()
+    for route in routes:
+        if not isinstance(route, Route) or len({*map(id, handlers[route.path].values())}) == 1:
+            joined.append(route)
+        elif route.path not in seen:
+            seen.add(route.path)
+            by_method = handlers[route.path]
+
+            async def dispatch(request: Request, by_method: dict[str, Any] = by_method) -> Any:
+                return await by_method[request.method](request)
+
+            joined.append(Route(route.path, dispatch, methods=list(by_method)))
+    # sorted() is stable: every other route keeps its place.
+    return sorted(joined, key=lambda route: getattr(route, "path", "").endswith(":path}"))
+
+
 def _routes() -> list[BaseRoute]:
-    return [
-        Route("/healthz", health.healthz, methods=["GET"]),
-        Route("/readyz", health.readyz, methods=["GET"]),
-        Route("/openapi.json", openapi.openapi_json, methods=["GET"]),
-        *WEBHOOK_ROUTES,
-        Route("/metrics", monitoring.metrics, methods=["GET"]),
-        *connections.ROUTES,
-        *actions.routes(),
-    ]
+    return _one_route_per_path(
+        [
+            Route("/healthz", health.healthz, methods=["GET"]),
+            Route("/readyz", health.readyz, methods=["GET"]),
+            Route("/openapi.json", openapi.openapi_json, methods=["GET"]),
+            *WEBHOOK_ROUTES,
+            Route("/metrics", monitoring.metrics, methods=["GET"]),
+            *connections.ROUTES,
+            *actions.routes(),
+        ]
+    )
 
 
 def _start_reconcile_schedule(state: AppState) -> asyncio.Task[None] | None:

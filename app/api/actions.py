@@ -27,13 +27,14 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import col, select
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
+from app.api import openapi
 from app.api.auth import require_api_key
+from app.api.schemas import connection_to_json
+from app.connections.queries import get_connection
 from app.connections.reconcile import ReconcileBusy, reconcile
 from app.connections.store import change_status, clean_text, lock_connection
 from app.db.engine import unit_of_work
@@ -195,44 +196,6 @@ def _validate(model: type[M], body: dict[str, Any]) -> M:
         ) from None
 
 
-def connection_json(connection: Connection) -> dict[str, Any]:
-    """A minimal connection shape; the lookup API's ``connection_to_json`` replaces it at merge."""
-    return {
-        "environment": connection.environment,
-        "integration_id": connection.integration_id,
-        "connection_id": connection.connection_id,
-        "provider": connection.provider,
-        "status": connection.status,
-        "end_user_id": connection.end_user_id,
-        "organization_id": connection.organization_id,
-        "tags": connection.tags,
-        "error_type": connection.error_type,
-        "deleted_at": connection.deleted_at.isoformat() if connection.deleted_at else None,
-        "updated_at": connection.updated_at.isoformat(),
-    }
-
-
-async def _find_connection(
-    session: AsyncSession, *, environment: str, connection_id: str, integration_id: str | None
-) -> Connection:
-    """Stand-in for the lookup API's ``get_connection`` until that branch is merged."""
-    query = select(Connection).where(
-        col(Connection.environment) == environment,
-        col(Connection.connection_id) == connection_id,
-    )
-    if integration_id is not None:
-        query = query.where(col(Connection.integration_id) == integration_id)
-    found = list((await session.execute(query.limit(2))).scalars())
-    if not found:
-        raise NotFound(f"no connection {connection_id!r} in environment {environment!r}")
-    if len(found) > 1:
-        raise Conflict(
-            f"connection ID {connection_id!r} exists in several integrations: pass integration_id",
-            code="ambiguous_connection_id",
-        )
-    return found[0]
-
-
 def _integration_id(request: Request, from_body: str | None = None) -> str | None:
     from_query = clean_text(request.query_params.get("integration_id"))
     if from_query and from_body and from_query != from_body:
@@ -273,7 +236,7 @@ async def create_reconnect_session(request: Request) -> JSONResponse:
     payload = _validate(ReconnectRequest, await _json_body(request, optional=True))
     state = app_state(request)
     async with state.sessionmaker() as session:
-        connection = await _find_connection(
+        connection = await get_connection(
             session,
             environment=state.settings.nango_environment,
             connection_id=request.path_params["connection_id"],
@@ -306,7 +269,7 @@ async def delete_connection(request: Request) -> JSONResponse:
     environment = state.settings.nango_environment
     connection_id = request.path_params["connection_id"]
     async with state.sessionmaker() as session:
-        connection = await _find_connection(
+        connection = await get_connection(
             session,
             environment=environment,
             connection_id=connection_id,
@@ -338,7 +301,7 @@ async def delete_connection(request: Request) -> JSONResponse:
                 success=True,
             )
     log.info("connection_deleted", integration_id=locked.integration_id)
-    return JSONResponse({"connection": connection_json(locked)})
+    return JSONResponse({"data": connection_to_json(locked)})
 
 
 async def run_reconcile(request: Request) -> JSONResponse:
@@ -392,3 +355,145 @@ def routes() -> list[BaseRoute]:
         Route("/v1/reconcile", run_reconcile, methods=["POST"]),
         Route("/v1/legacy/auth-hmac", create_legacy_auth_hmac, methods=["POST"]),
     ]
+
+
+def _describe() -> None:
+    """Describe these routes in /openapi.json; request bodies come from the models above."""
+    session = {
+        "type": "object",
+        "required": ["token", "connect_link", "expires_at"],
+        "properties": {
+            "token": {"type": "string"},
+            "connect_link": {"type": "string"},
+            "expires_at": {"type": "string", "format": "date-time"},
+        },
+    }
+    openapi.add_schema("ConnectSession", session)
+    selector = {
+        "name": "integration_id",
+        "in": "query",
+        "description": "choose among connections sharing a legacy ID",
+        "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+    }
+    connection_id = {
+        "name": "connection_id",
+        "in": "path",
+        "required": True,
+        "description": "Nango connection ID",
+        "schema": {"type": "string", "minLength": 1},
+    }
+
+    def body(model: type[BaseModel], *, required: bool = True) -> dict[str, Any]:
+        schema = model.model_json_schema()
+        return {"required": required, "content": {"application/json": {"schema": schema}}}
+
+    write = openapi.error_responses(400, 401, 403, 502, 503)
+    openapi.add_operation(
+        "/v1/connect-sessions",
+        "post",
+        {
+            "operationId": "createConnectSession",
+            "summary": "A Nango Connect session for one of your users (tags carry the owner)",
+            "security": openapi.BEARER,
+            "requestBody": body(ConnectSessionRequest),
+            "responses": {
+                "201": openapi.json_response("The session", openapi.ref("ConnectSession")),
+                **write,
+            },
+        },
+    )
+    openapi.add_operation(
+        "/v1/connections/{connection_id}/reconnect-session",
+        "post",
+        {
+            "operationId": "createReconnectSession",
+            "summary": "A reconnect session for a stored connection, its tags sent again",
+            "security": openapi.BEARER,
+            "parameters": [connection_id, selector],
+            "requestBody": body(ReconnectRequest, required=False),
+            "responses": {
+                "201": openapi.json_response("The session", openapi.ref("ConnectSession")),
+                **write,
+                **openapi.error_responses(404, 409),
+            },
+        },
+    )
+    openapi.add_operation(
+        "/v1/connections/{connection_id}",
+        "delete",
+        {
+            "operationId": "deleteConnection",
+            "summary": "Delete at Nango, then mark deleted here (idempotent)",
+            "security": openapi.BEARER,
+            "parameters": [connection_id, selector],
+            "responses": {
+                "200": openapi.json_response(
+                    "The deleted connection", openapi.ref("ConnectionResponse")
+                ),
+                **write,
+                **openapi.error_responses(404, 409),
+            },
+        },
+    )
+    counts = {"type": "integer", "minimum": 0}
+    openapi.add_operation(
+        "/v1/reconcile",
+        "post",
+        {
+            "operationId": "reconcile",
+            "summary": "Bring the registry in line with Nango's connections API",
+            "security": openapi.BEARER,
+            "responses": {
+                "200": openapi.json_response(
+                    "What changed",
+                    {
+                        "type": "object",
+                        "required": ["environment", "counts"],
+                        "properties": {
+                            "environment": {"type": "string"},
+                            "counts": {
+                                "type": "object",
+                                "required": [
+                                    "seen",
+                                    "created",
+                                    "updated",
+                                    "deleted",
+                                    "unattributed",
+                                ],
+                                "properties": dict.fromkeys(
+                                    ("seen", "created", "updated", "deleted", "unattributed"),
+                                    counts,
+                                ),
+                            },
+                        },
+                    },
+                ),
+                **write,
+                **openapi.error_responses(409),
+            },
+        },
+    )
+    openapi.add_operation(
+        "/v1/legacy/auth-hmac",
+        "post",
+        {
+            "operationId": "legacyAuthHmac",
+            "summary": "The HMAC the legacy public-key flow checks (404 when not configured)",
+            "security": openapi.BEARER,
+            "requestBody": body(LegacyHmacRequest),
+            "responses": {
+                "200": openapi.json_response(
+                    "The digest",
+                    {
+                        "type": "object",
+                        "required": ["hmac"],
+                        "properties": {"hmac": {"type": "string", "pattern": "^[0-9a-f]{64}$"}},
+                    },
+                ),
+                **openapi.error_responses(400, 401, 403, 404, 503),
+            },
+        },
+    )
+
+
+_describe()

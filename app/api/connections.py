@@ -186,7 +186,9 @@ async def end_user_summary(request: Request) -> JSONResponse:
 
 ROUTES = [
     Route("/v1/connections", list_connections, methods=["GET"]),
-    Route("/v1/connections/{connection_id}", get_connection, methods=["GET"]),
-    Route("/v1/connections/{connection_id}/events", connection_events, methods=["GET"]),
+    # Legacy connection IDs were chosen by customers and may contain "/", hence ":path"; the
+    # app mounts catch-all paths last, so ".../events" reaches its own route.
+    Route("/v1/connections/{connection_id:path}/events", connection_events, methods=["GET"]),
+    Route("/v1/connections/{connection_id:path}", get_connection, methods=["GET"]),
     Route("/v1/end-users/{end_user_id}/summary", end_user_summary, methods=["GET"]),
 ]

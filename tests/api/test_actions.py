@@ -328,7 +328,7 @@ def test_delete_at_nango_then_here_and_idempotent(
     insert_connection(sync_engine, end_user_id="user-1")
     response = api.delete("/v1/connections/conn-1", headers=auth_headers)
     assert response.status_code == 200, response.text
-    assert response.json()["connection"]["status"] == "deleted"
+    assert response.json()["data"]["status"] == "deleted"
     assert fake_nango.find("conn-1") is None
     row = connection_row(sync_engine, "conn-1")
     assert row.status == "deleted"
@@ -336,7 +336,7 @@ def test_delete_at_nango_then_here_and_idempotent(
     # Again: Nango answers unknown_connection, which counts as deleted; no second event.
     again = api.delete("/v1/connections/conn-1", headers=auth_headers)
     assert again.status_code == 200
-    assert again.json()["connection"]["status"] == "deleted"
+    assert again.json()["data"]["status"] == "deleted"
     with sync_engine.connect() as conn:
         events = conn.execute(text("SELECT source, action, to_status FROM connection_events")).all()
     assert [tuple(e) for e in events] == [("api", "deletion", "deleted")]
