@@ -10,7 +10,7 @@ from typing import Any
 import uvicorn
 
 from app.logs import configure_logging, get_logger
-from app.settings import load_settings
+from app.settings import Settings, load_settings
 
 log = get_logger(__name__)
 
@@ -21,6 +21,19 @@ def register(commands: Any) -> None:
     parser.add_argument("--port", type=int, help="overrides PORT")
     parser.add_argument("--workers", type=int, help="overrides WEB_CONCURRENCY")
     parser.set_defaults(handler=run)
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """Server options besides the bind address; ``bench/`` serves its ceiling app with these."""
+    return {
+        "proxy_headers": True,
+        "forwarded_allow_ips": settings.forwarded_allow_ips,
+        "log_config": None,
+        "access_log": False,
+        "server_header": False,
+        "timeout_graceful_shutdown": settings.graceful_shutdown_seconds,
+        "timeout_keep_alive": 75,
+    }
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,12 +51,6 @@ def run(args: argparse.Namespace) -> int:
         host=args.host or settings.host,
         port=args.port or settings.port,
         workers=args.workers or settings.web_concurrency,
-        proxy_headers=True,
-        forwarded_allow_ips=settings.forwarded_allow_ips,
-        log_config=None,
-        access_log=False,
-        server_header=False,
-        timeout_graceful_shutdown=settings.graceful_shutdown_seconds,
-        timeout_keep_alive=75,
+        **uvicorn_options(settings),
     )
     return 0
