@@ -222,6 +222,16 @@ def cmdline(pid: int) -> str:
         return ""
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time the processes have used (robust to other load on the machine)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / ticks
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -297,6 +307,16 @@ def run_wrk(
             raw = json.loads(line.removeprefix("BENCH_RESULT "))
             return summarize_wrk(raw)
     raise BenchError(f"wrk printed no result:\n{output}\n{finished.stderr.decode()[-2000:]}")
+
+
+def run_wrk_on(server: Server, options: Options, **arguments: Any) -> dict[str, Any]:
+    """``run_wrk`` plus the CPU the server's workers spent per answered request."""
+    pids = server.worker_pids()
+    before = cpu_seconds(pids)
+    result = run_wrk(options, **arguments)
+    spent = cpu_seconds(pids) - before
+    result["cpu_ms_per_request"] = round(spent * 1000 / max(1, result["ok"]), 3)
+    return result
 
 
 def summarize_wrk(raw: dict[str, Any]) -> dict[str, Any]:
@@ -426,11 +446,14 @@ def http_ceiling(options: Options, harness: Harness, webhooks: Path) -> dict[str
     command = [sys.executable, "-m", "bench.bare", "--workers", "1"]
     with harness.server(command, env=env, log_name="bare") as server:
         say("HTTP ceiling: bare Starlette, GET")
-        read = run_wrk(options, url=server.url, requests_file=write_bare_get(harness))
-        say(f"  {read['rps']} req/s, p99 {read['p99_ms']} ms")
+        read = run_wrk_on(server, options, url=server.url, requests_file=write_bare_get(harness))
+        say(f"  {read['rps']} req/s, p99 {read['p99_ms']} ms, {read['cpu_ms_per_request']} ms CPU")
         say("HTTP ceiling: bare Starlette, POST of the same webhook bodies")
-        write = run_wrk(options, url=server.url, requests_file=webhooks, path="/")
-        say(f"  {write['rps']} req/s, p99 {write['p99_ms']} ms")
+        write = run_wrk_on(server, options, url=server.url, requests_file=webhooks, path="/")
+        say(
+            f"  {write['rps']} req/s, p99 {write['p99_ms']} ms,"
+            f" {write['cpu_ms_per_request']} ms CPU"
+        )
     return {"get": read, "post": write}
 
 
@@ -463,7 +486,8 @@ def ingest(
             http_get(f"{server.url}/readyz")
             say(f"ingest: {workers} worker(s), {options.connections} connections")
             with profiling(options, harness, server, f"ingest-{workers}w"):
-                result = run_wrk(
+                result = run_wrk_on(
+                    server,
                     options,
                     url=f"{server.url}/webhooks/nango",
                     requests_file=webhooks,
@@ -474,7 +498,8 @@ def ingest(
             result["rss_mb"] = [round(rss_mb(pid), 1) for pid in pids]
             say(
                 f"  {result['rps']} req/s, p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms,"
-                f" failed {result['failed']}, RSS {result['rss_mb']} MB"
+                f" failed {result['failed']}, RSS {result['rss_mb']} MB,"
+                f" {result['cpu_ms_per_request']} ms CPU/request"
             )
         result["correctness"] = check_stored_once(harness, database, acked_file, keys)
         say(f"  correctness: {result['correctness']['verdict']}")
@@ -552,7 +577,8 @@ def lookups(options: Options, harness: Harness) -> dict[str, Any]:
                 paths = harness.workdir / f"lookups-{size}.txt"
                 write_lookups(paths, users=users_for(size))
                 with profiling(options, harness, server, f"lookup-{size}"):
-                    result = run_wrk(
+                    result = run_wrk_on(
+                        server,
                         options,
                         url=server.url,
                         requests_file=paths,
@@ -769,19 +795,20 @@ def verdicts(results: dict[str, Any], options: Options) -> list[dict[str, Any]]:
 
 def markdown(results: dict[str, Any]) -> str:
     lines = [
-        "| Measurement | req/s | p50 ms | p99 ms | Notes |",
-        "| --- | ---: | ---: | ---: | --- |",
+        "| Measurement | req/s | p50 ms | p99 ms | CPU ms/req | Notes |",
+        "| --- | ---: | ---: | ---: | ---: | --- |",
     ]
 
     def row(name: str, result: dict[str, Any] | None, notes: str = "") -> None:
         if not result:
             return
         if "skipped" in result:
-            lines.append(f"| {name} | | | | skipped: {result['skipped']} |")
+            lines.append(f"| {name} | | | | | skipped: {result['skipped']} |")
             return
+        cpu = result.get("cpu_ms_per_request")
         lines.append(
             f"| {name} | {result['rps']:.0f} | {result['p50_ms']:.2f} | {result['p99_ms']:.2f} |"
-            f" {notes} |"
+            f" {'' if cpu is None else f'{cpu:.2f}'} | {notes} |"
         )
 
     http = results.get("http_ceiling", {})
