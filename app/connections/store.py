@@ -22,6 +22,7 @@ from app.db.models import Connection, ConnectionEvent, ConnectionStatus, Connect
 from app.db.types import utcnow
 
 TAGS_TABLE: Table = ConnectionTag.metadata.tables["connection_tags"]
+EVENTS_TABLE: Table = ConnectionEvent.metadata.tables["connection_events"]
 
 MAX_TAG_KEY = 64
 MAX_TAG_VALUE = 255
@@ -263,8 +264,9 @@ async def record_event(
     now: datetime | None = None,
 ) -> None:
     assert connection.id is not None
-    session.add(
-        ConnectionEvent(
+    # A Core insert: history rows are never read back in the transaction that writes them.
+    await session.execute(
+        insert(EVENTS_TABLE).values(
             connection_pk=connection.id,
             delivery_id=delivery_id,
             source=source,
