@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 
-.PHONY: run test install dev migrate fmt lint typecheck test-sqlite test-postgres reliability lock clean lint-docker
+.PHONY: run test install dev migrate fmt lint typecheck test-sqlite test-postgres reliability bench lock clean lint-docker
 
 run: install migrate
 	$(BIN)/nango-registry serve --port $${PORT:-8000}
@@ -49,6 +49,20 @@ lint-docker: dev
 reliability: dev
 	RELIABILITY=long TEST_DB=postgres $(BIN)/pytest tests/reliability
 	@cat build/reliability/*-long.json
+
+# Benchmarks (not part of `make test`): needs wrk and pgbench and a Postgres on
+# BENCH_DATABASE_URL (default postgresql://postgres@127.0.0.1:5432/postgres). BENCH_ARGS are
+# passed on, e.g. `make bench BENCH_ARGS="--duration 10 --profile"`.
+bench: install
+	@command -v wrk >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			apt-get update -q && apt-get install -y -q wrk; \
+		else \
+			echo "wrk is missing: run  sudo apt-get install -y wrk  then make bench again" >&2; \
+			exit 1; \
+		fi; \
+	}
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 fmt: dev
 	$(BIN)/ruff format .

@@ -26,6 +26,19 @@ def register(commands: Any) -> None:
     parser.set_defaults(handler=run)
 
 
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """Server options besides the bind address; ``bench/`` serves its ceiling app with these."""
+    return {
+        "proxy_headers": True,
+        "forwarded_allow_ips": settings.forwarded_allow_ips,
+        "log_config": None,
+        "access_log": False,
+        "server_header": False,
+        "timeout_graceful_shutdown": settings.graceful_shutdown_seconds,
+        "timeout_keep_alive": 75,
+    }
+
+
 def run(args: argparse.Namespace) -> int:
     settings = load_settings()
     configure_logging(settings.log_level)
@@ -71,11 +84,5 @@ def _serve(args: argparse.Namespace, settings: Settings, workers: int) -> None:
         host=args.host or settings.host,
         port=args.port or settings.port,
         workers=workers,
-        proxy_headers=True,
-        forwarded_allow_ips=settings.forwarded_allow_ips,
-        log_config=None,
-        access_log=False,
-        server_header=False,
-        timeout_graceful_shutdown=settings.graceful_shutdown_seconds,
-        timeout_keep_alive=75,
+        **uvicorn_options(settings),
     )

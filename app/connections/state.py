@@ -108,6 +108,7 @@ async def apply_auth_event(
         attribution=Attribution.from_nango(
             tags=payload.get("tags"), end_user=payload.get("endUser")
         ),
+        created=created,
     )
     error_type, error_description = _error(payload)
     detail: dict[str, Any] = {"operation": operation}

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete
+from sqlalchemy import Table, delete, insert
 from sqlalchemy.dialects.postgresql import insert as postgres_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -20,6 +20,9 @@ from sqlmodel import col, select
 
 from app.db.models import Connection, ConnectionEvent, ConnectionStatus, ConnectionTag
 from app.db.types import utcnow
+
+TAGS_TABLE: Table = ConnectionTag.metadata.tables["connection_tags"]
+EVENTS_TABLE: Table = ConnectionEvent.metadata.tables["connection_events"]
 
 MAX_TAG_KEY = 64
 MAX_TAG_VALUE = 255
@@ -109,7 +112,9 @@ async def lock_connection(
     """Return the connection, creating it if missing, locked for the rest of the transaction.
 
     ``INSERT .. ON CONFLICT DO NOTHING`` then ``SELECT .. FOR UPDATE`` makes concurrent first
-    events for one connection create exactly one row and apply one after the other.
+    events for one connection create exactly one row and apply one after the other. A row this
+    transaction inserted comes back from ``RETURNING`` and needs no ``FOR UPDATE``: until commit
+    no other transaction sees it, and a concurrent insert of the same key waits on it.
     """
     now = now or utcnow()
     insert = dialect_insert(session)
@@ -127,9 +132,12 @@ async def lock_connection(
             updated_at=now,
         )
         .on_conflict_do_nothing(index_elements=["environment", "integration_id", "connection_id"])
-        .returning(col(Connection.id))
+        .returning(Connection)
+        .execution_options(populate_existing=True)
     )
-    created = (await session.execute(statement)).scalar_one_or_none() is not None
+    inserted: Connection | None = (await session.execute(statement)).scalar_one_or_none()
+    if inserted is not None:
+        return inserted, True
     query = (
         select(Connection)
         .where(
@@ -141,16 +149,22 @@ async def lock_connection(
         .execution_options(populate_existing=True)
     )
     connection = (await session.execute(query)).scalar_one()
-    if not created:
-        connection.provider = provider or connection.provider
-        connection.auth_mode = auth_mode or connection.auth_mode
-    return connection, created
+    connection.provider = provider or connection.provider
+    connection.auth_mode = auth_mode or connection.auth_mode
+    return connection, False
 
 
 async def merge_attribution(
-    session: AsyncSession, *, connection: Connection, attribution: Attribution
+    session: AsyncSession,
+    *,
+    connection: Connection,
+    attribution: Attribution,
+    created: bool = False,
 ) -> bool:
-    """Fill in what the source knows; never erase what is stored. Returns True if changed."""
+    """Fill in what the source knows; never erase what is stored. Returns True if changed.
+
+    ``created`` says the connection was inserted in this transaction, so it has no tag rows yet.
+    """
     changed = False
     for name in (
         "end_user_id",
@@ -166,16 +180,17 @@ async def merge_attribution(
     merged = {**(connection.tags or {}), **attribution.tags}
     if merged != (connection.tags or {}):
         connection.tags = merged
-        await _index_tags(session, connection=connection)
+        await _index_tags(session, connection=connection, created=created)
         changed = True
     return changed
 
 
-async def _index_tags(session: AsyncSession, *, connection: Connection) -> None:
+async def _index_tags(session: AsyncSession, *, connection: Connection, created: bool) -> None:
     assert connection.id is not None
-    await session.execute(
-        delete(ConnectionTag).where(col(ConnectionTag.connection_pk) == connection.id)
-    )
+    if not created:
+        await session.execute(
+            delete(ConnectionTag).where(col(ConnectionTag.connection_pk) == connection.id)
+        )
     rows = [
         {"connection_pk": connection.id, "key": key, "value": value}
         for key, value in connection.tags.items()
@@ -183,7 +198,8 @@ async def _index_tags(session: AsyncSession, *, connection: Connection) -> None:
         if len(key) <= MAX_TAG_KEY and len(value) <= MAX_TAG_VALUE
     ]
     if rows:
-        await session.execute(dialect_insert(session)(ConnectionTag).values(rows))
+        # The table, not the ORM entity: a plain executemany, without the ORM's bulk machinery.
+        await session.execute(insert(TAGS_TABLE), rows)
 
 
 async def change_status(
@@ -248,8 +264,9 @@ async def record_event(
     now: datetime | None = None,
 ) -> None:
     assert connection.id is not None
-    session.add(
-        ConnectionEvent(
+    # A Core insert: history rows are never read back in the transaction that writes them.
+    await session.execute(
+        insert(EVENTS_TABLE).values(
             connection_pk=connection.id,
             delivery_id=delivery_id,
             source=source,
