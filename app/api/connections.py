@@ -1,7 +1,7 @@
 """The lookup API: ``/v1/connections``, one connection, its history, an end user's summary.
 
-Every route authenticates first (a bad key is a 401 before any 400), is counted in
-``nango_registry_lookups{route}``, and answers 503 when the database does not.
+Every route authenticates first (a bad key is a 401 before any 400) and is counted in
+``nango_registry_lookups{route}``.
 """
 
 from __future__ import annotations
@@ -10,8 +10,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import wraps
 
-from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -29,9 +27,9 @@ from app.api.schemas import (
     storable,
 )
 from app.connections import queries
-from app.errors import NotFound, ServiceUnavailable
+from app.errors import NotFound
 from app.logs import get_logger
-from app.metrics import DATABASE_ERRORS, LOOKUPS
+from app.metrics import LOOKUPS
 from app.state import app_state
 
 log = get_logger(__name__)
@@ -44,16 +42,9 @@ def lookup(route: str) -> Callable[[Handler], Handler]:
         @wraps(handler)
         async def wrapper(request: Request) -> JSONResponse:
             LOOKUPS.labels(route=route).inc()
-            try:
-                await require_api_key(request)
-                return await handler(request)
-            # Only "the database is not answering" is a 503; any other database error is a bug.
-            except (OperationalError, InterfaceError, PoolTimeout) as error:
-                DATABASE_ERRORS.labels(operation=route).inc()
-                log.warning("database_unavailable", route=route, error_type=type(error).__name__)
-                raise ServiceUnavailable(
-                    "the database is unavailable; retry shortly", headers={"Retry-After": "5"}
-                ) from None
+            # An unreachable database becomes a 503 in the app-wide handler (app.errors).
+            await require_api_key(request)
+            return await handler(request)
 
         return wrapper
 

@@ -477,4 +477,4 @@ def test_an_unreachable_database_is_503_not_500(make_settings: Any) -> None:
         )
     assert response.status_code == 503
     assert response.headers["retry-after"] == "5"
-    assert response.json()["error"]["code"] == "service_unavailable"
+    assert response.json()["error"]["code"] == "database_unavailable"
