@@ -36,7 +36,12 @@ from app.api.auth import require_api_key
 from app.api.schemas import connection_to_json
 from app.connections.queries import get_connection
 from app.connections.reconcile import ReconcileBusy, reconcile
-from app.connections.store import change_status, clean_text, lock_connection
+from app.connections.store import (
+    ATTRIBUTION_FIELDS,
+    change_status,
+    clean_text,
+    lock_connection,
+)
 from app.db.engine import unit_of_work
 from app.db.models import Connection, ConnectionStatus
 from app.errors import (
@@ -61,13 +66,8 @@ TAG_KEY = re.compile(r"^[a-zA-Z][a-zA-Z0-9_\-./]*$")
 MAX_TAGS = 10
 # Deliberately loose: one "@", no spaces, a dot in the domain. Deliverability is not ours to judge.
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-ATTRIBUTION_TAGS = (
-    "end_user_id",
-    "end_user_email",
-    "end_user_display_name",
-    "organization_id",
-    "organization_display_name",
-)
+# The owner's fields travel to Nango as tags of the same names.
+ATTRIBUTION_TAGS = ATTRIBUTION_FIELDS
 MAX_JSON_BODY = 64 * 1024
 
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]

@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import col, select
 
 from app.connections.store import (
+    ATTRIBUTION_FIELDS,
     Attribution,
     change_status,
     clean_text,
@@ -171,13 +172,28 @@ async def _reconcile(
         items = await nango.list_connections(page=page, limit=page_size)
         new = 0
         for offset in range(0, len(items), CHUNK_SIZE):
+            chunk: list[tuple[tuple[str, str], dict[str, Any]]] = []
+            for item in items[offset : offset + CHUNK_SIZE]:
+                key = _key(item)
+                if key is None or key in seen:
+                    continue  # offset paging repeats a row when Nango gains one meanwhile
+                seen.add(key)
+                chunk.append((key, item))
+            new += len(chunk)
+            if not chunk:
+                continue
             async with unit_of_work(sessionmaker) as session:
-                for item in items[offset : offset + CHUNK_SIZE]:
-                    key = _key(item)
-                    if key is None or key in seen:
-                        continue  # offset paging repeats a row when Nango gains one meanwhile
-                    seen.add(key)
-                    new += 1
+                known = await _load_known(
+                    session, environment=environment, keys=[k for k, _ in chunk]
+                )
+                for key, item in chunk:
+                    stored = known.get(key)
+                    if stored is not None and _already_agrees(stored, item):
+                        # Most rows agree with Nango already: a second run writes nothing.
+                        counts.unattributed += stored.end_user_id is None and (
+                            stored.organization_id is None
+                        )
+                        continue
                     await _apply_listed(
                         session,
                         item=item,
@@ -204,6 +220,49 @@ async def _reconcile(
         seen=seen,
     )
     return counts
+
+
+async def _load_known(
+    session: AsyncSession, *, environment: str, keys: list[tuple[str, str]]
+) -> dict[tuple[str, str], Connection]:
+    """The stored connections among ``keys``, locked, in one query."""
+    query = (
+        select(Connection)
+        .where(
+            col(Connection.environment) == environment,
+            col(Connection.connection_id).in_({connection_id for _, connection_id in keys}),
+        )
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    wanted = set(keys)
+    found = {}
+    for connection in (await session.execute(query)).scalars():
+        key = (connection.integration_id, connection.connection_id)
+        if key in wanted:
+            found[key] = connection
+    return found
+
+
+def _already_agrees(connection: Connection, item: dict[str, Any]) -> bool:
+    """True when applying the listed ``item`` would change nothing on ``connection``."""
+    if connection.status == ConnectionStatus.DELETED:
+        return False
+    error_type, _ = _first_error(item)
+    if error_type:
+        if connection.status != ConnectionStatus.AUTH_ERROR or connection.error_type != error_type:
+            return False
+    elif connection.status != ConnectionStatus.ACTIVE:
+        return False
+    attribution = Attribution.from_nango(
+        tags=item.get("tags"), end_user=_flat_end_user(item.get("end_user"))
+    )
+    for name in ATTRIBUTION_FIELDS:
+        value = getattr(attribution, name)
+        if value is not None and getattr(connection, name) != value:
+            return False
+    stored = connection.tags or {}
+    return all(stored.get(key) == value for key, value in attribution.tags.items())
 
 
 def _key(item: dict[str, Any]) -> tuple[str, str] | None:

@@ -57,6 +57,15 @@ def clean_tags(value: object) -> dict[str, str]:
     return tags
 
 
+ATTRIBUTION_FIELDS = (
+    "end_user_id",
+    "end_user_email",
+    "end_user_display_name",
+    "organization_id",
+    "organization_display_name",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Attribution:
     """Who owns a connection, as far as one source knows. Missing fields are None."""
@@ -166,13 +175,7 @@ async def merge_attribution(
     ``created`` says the connection was inserted in this transaction, so it has no tag rows yet.
     """
     changed = False
-    for name in (
-        "end_user_id",
-        "end_user_email",
-        "end_user_display_name",
-        "organization_id",
-        "organization_display_name",
-    ):
+    for name in ATTRIBUTION_FIELDS:
         value = getattr(attribution, name)
         if value is not None and getattr(connection, name) != value:
             setattr(connection, name, value)
