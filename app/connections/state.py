@@ -55,6 +55,22 @@ def _target(operation: str, success: bool | None) -> ConnectionStatus | None:
     return None
 
 
+def expected_outcome(envelope: Envelope) -> DeliveryOutcome:
+    """What applying a delivery will most likely report, known before touching the database.
+
+    The inbox stores this with the delivery so that the common case needs no second write; a
+    sync for a connection never seen is the one case that can turn out differently.
+    """
+    if not envelope.connection_id or not envelope.integration_id:
+        return DeliveryOutcome.RECORDED
+    if envelope.webhook_type == "auth":
+        target = _target(envelope.operation or "", envelope.success)
+        return DeliveryOutcome.RECORDED if target is None else DeliveryOutcome.APPLIED
+    if envelope.webhook_type == "sync":
+        return DeliveryOutcome.APPLIED
+    return DeliveryOutcome.RECORDED
+
+
 async def apply_delivery(
     session: AsyncSession,
     *,

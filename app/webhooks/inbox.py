@@ -5,9 +5,10 @@ body again within ``WEBHOOK_DEDUPE_WINDOW_SECONDS`` is a retry and changes nothi
 window it is a new event (a refresh that fails again after a recovery sends the very same body),
 so the older row's key is archived as ``<sha256>#<id>`` and the new delivery is stored.
 
-Storing and applying share one transaction. Applying runs inside a savepoint: when it fails
-with a bug or unexpected data, the savepoint is rolled back, the delivery is kept with the error
-(``outcome = failed``) for ``nango-registry replay``, and Nango still gets its 2xx, since a retry
+Storing and applying share one transaction, so a delivery is never stored without its effect
+nor applied without being stored. When applying fails with a bug or unexpected data, that
+transaction is rolled back and the delivery alone is stored in a second one, with the error
+(``outcome = failed``), for ``nango-registry replay``; Nango still gets its 2xx, since a retry
 would fail the same way. Only a database that cannot commit makes the request fail (503).
 """
 
@@ -23,7 +24,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import col, select
 
-from app.connections.state import apply_delivery
+from app.connections.state import apply_delivery, expected_outcome
 from app.connections.store import clean_text, dialect_insert
 from app.db.models import Delivery, DeliveryOutcome
 from app.db.types import utcnow
@@ -68,10 +69,13 @@ async def record_delivery(
     envelope: Envelope,
     headers: dict[str, str],
     dedupe_window_seconds: int,
+    outcome: DeliveryOutcome = DeliveryOutcome.RECORDED,
+    error: str | None = None,
 ) -> int | None:
     """Insert the delivery; return its ID, or None when it is a duplicate."""
     key = dedupe_key(body)
     now = utcnow()
+    processed = outcome != DeliveryOutcome.RECORDED or error is not None
     insert = dialect_insert(session)
     values = {
         "dedupe_key": key,
@@ -84,8 +88,10 @@ async def record_delivery(
         "connection_id": envelope.connection_id,
         "body": body.decode("utf-8"),
         "headers": headers,
-        "outcome": DeliveryOutcome.RECORDED,
-        "attempts": 0,
+        "outcome": outcome,
+        "error": error,
+        "processed_at": now if processed else None,
+        "attempts": 1 if processed else 0,
     }
     # Bounded: each turn either inserts, finds a duplicate, or archives a stale row that a
     # concurrent request had not archived yet.
@@ -174,21 +180,48 @@ async def ingest(
     dedupe_window_seconds: int,
     default_environment: str,
 ) -> IngestResult:
-    """Store and apply one delivery in one transaction; returns once it is committed."""
-    async with sessionmaker() as session, session.begin():
-        delivery_id = await record_delivery(
+    """Store and apply one delivery; returns once it is committed."""
+
+    async def store(
+        session: AsyncSession, outcome: DeliveryOutcome, error: str | None = None
+    ) -> int | None:
+        return await record_delivery(
             session,
             body=body,
             envelope=envelope,
             headers=headers,
             dedupe_window_seconds=dedupe_window_seconds,
+            outcome=outcome,
+            error=error,
         )
-        if delivery_id is None:
-            return IngestResult(None, "duplicate")
-        return await process_delivery(
-            session,
-            delivery_id=delivery_id,
-            payload=payload,
-            envelope=envelope,
-            default_environment=default_environment,
-        )
+
+    expected = expected_outcome(envelope)
+    applying = False
+    try:
+        async with sessionmaker() as session, session.begin():
+            delivery_id = await store(session, expected)
+            if delivery_id is None:
+                return IngestResult(None, "duplicate")
+            applying = True
+            outcome = await apply_delivery(
+                session,
+                delivery_id=delivery_id,
+                payload=payload,
+                envelope=envelope,
+                default_environment=default_environment,
+            )
+            if outcome != expected:
+                await session.execute(
+                    update(DELIVERIES).where(DELIVERIES.c.id == delivery_id).values(outcome=outcome)
+                )
+            return IngestResult(delivery_id, outcome)
+    except Exception as error:
+        if not applying or _is_connection_failure(error):
+            raise
+        error_text = f"{type(error).__name__}: {error}"[:2000]
+        log.error("delivery_failed", error_type=type(error).__name__)
+    async with sessionmaker() as session, session.begin():
+        delivery_id = await store(session, DeliveryOutcome.FAILED, error_text)
+    if delivery_id is None:  # a concurrent copy of this delivery got in first
+        return IngestResult(None, "duplicate")
+    return IngestResult(delivery_id, DeliveryOutcome.FAILED, error_text)
