@@ -17,7 +17,7 @@ from starlette.routing import BaseRoute, Route
 from app import health, monitoring
 from app.api import actions, connections, openapi
 from app.connections.reconcile import run_schedule
-from app.db.engine import create_engine, create_sessionmaker
+from app.db.engine import create_engine, create_reader, create_sessionmaker
 from app.errors import EXCEPTION_HANDLERS
 from app.logs import get_logger
 from app.middleware import RequestContextMiddleware
@@ -105,6 +105,7 @@ def create_app(
             settings=settings,
             engine=engine,
             sessionmaker=create_sessionmaker(engine),
+            reader=create_reader(engine),
             http=http,
             nango=NangoClient.from_settings(settings, http),
         )

@@ -20,6 +20,7 @@ class AppState:
     settings: Settings
     engine: AsyncEngine
     sessionmaker: async_sessionmaker[AsyncSession]
+    reader: async_sessionmaker[AsyncSession]  # read-only requests (see create_reader)
     http: httpx2.AsyncClient
     nango: NangoClient | None = None
     background: list[object] = field(default_factory=list)

@@ -54,7 +54,7 @@ async def authenticate(request: Request) -> Principal:
         if hmac.compare_digest(digest, hash_key(configured.get_secret_value())):
             match = Principal(name=f"env:{index}", read_only=False)
     if match is None:
-        async with state.sessionmaker() as session:
+        async with state.reader() as session:
             row = (
                 await session.execute(
                     select(col(ApiKey.name), col(ApiKey.read_only)).where(

@@ -53,7 +53,7 @@ def lookup(route: str) -> Callable[[Handler], Handler]:
 
 @asynccontextmanager
 async def _session(request: Request) -> AsyncIterator[AsyncSession]:
-    async with app_state(request).sessionmaker() as session:
+    async with app_state(request).reader() as session:
         yield session
 
 
