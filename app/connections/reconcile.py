@@ -318,6 +318,7 @@ async def _apply_listed(
         connection_id=key[1],
         provider=clean_text(item.get("provider")),
         status=target,
+        attribution=attribution,
         now=now,
     )
     detail: dict[str, Any] = {"nango_errors": errors} if errors else {}
@@ -325,7 +326,6 @@ async def _apply_listed(
         if error_type:
             connection.error_type = error_type
             connection.error_since = now
-        await merge_attribution(session, connection=connection, attribution=attribution)
         await record_event(
             session,
             connection=connection,

@@ -108,6 +108,7 @@ async def apply_auth_event(
         return DeliveryOutcome.RECORDED
 
     now = utcnow()
+    attribution = Attribution.from_nango(tags=payload.get("tags"), end_user=payload.get("endUser"))
     connection, created = await lock_connection(
         session,
         environment=envelope.environment or default_environment,
@@ -116,16 +117,11 @@ async def apply_auth_event(
         provider=clean_text(payload.get("provider")),
         auth_mode=clean_text(payload.get("authMode"), limit=64),
         status=target,
+        attribution=attribution,
         now=now,
     )
-    await merge_attribution(
-        session,
-        connection=connection,
-        attribution=Attribution.from_nango(
-            tags=payload.get("tags"), end_user=payload.get("endUser")
-        ),
-        created=created,
-    )
+    if not created:
+        await merge_attribution(session, connection=connection, attribution=attribution)
     error_type, error_description = _error(payload)
     detail: dict[str, Any] = {"operation": operation}
     if error_type:

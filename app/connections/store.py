@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cache
 from typing import Any
 
 from sqlalchemy import Table, delete, insert
@@ -107,6 +108,18 @@ def dialect_insert(session: AsyncSession) -> Any:
     return postgres_insert if dialect == "postgresql" else sqlite_insert
 
 
+@cache
+def _insert_connection(dialect: str) -> Any:
+    """Built once: building an INSERT per request costs more CPU than sending it."""
+    insert = postgres_insert if dialect == "postgresql" else sqlite_insert
+    return (
+        insert(Connection)
+        .on_conflict_do_nothing(index_elements=["environment", "integration_id", "connection_id"])
+        .returning(Connection)
+        .execution_options(populate_existing=True)
+    )
+
+
 async def lock_connection(
     session: AsyncSession,
     *,
@@ -116,6 +129,7 @@ async def lock_connection(
     provider: str | None = None,
     auth_mode: str | None = None,
     status: ConnectionStatus = ConnectionStatus.ACTIVE,
+    attribution: Attribution | None = None,
     now: datetime | None = None,
 ) -> tuple[Connection, bool]:
     """Return the connection, creating it if missing, locked for the rest of the transaction.
@@ -123,29 +137,28 @@ async def lock_connection(
     ``INSERT .. ON CONFLICT DO NOTHING`` then ``SELECT .. FOR UPDATE`` makes concurrent first
     events for one connection create exactly one row and apply one after the other. A row this
     transaction inserted comes back from ``RETURNING`` and needs no ``FOR UPDATE``: until commit
-    no other transaction sees it, and a concurrent insert of the same key waits on it.
+    no other transaction sees it, and a concurrent insert of the same key waits on it. A new
+    row is inserted with ``attribution`` (and its tags indexed) at once.
     """
     now = now or utcnow()
-    insert = dialect_insert(session)
-    statement = (
-        insert(Connection)
-        .values(
-            environment=environment,
-            integration_id=integration_id,
-            connection_id=connection_id,
-            provider=provider,
-            auth_mode=auth_mode,
-            tags={},
-            status=status,
-            created_at=now,
-            updated_at=now,
-        )
-        .on_conflict_do_nothing(index_elements=["environment", "integration_id", "connection_id"])
-        .returning(Connection)
-        .execution_options(populate_existing=True)
-    )
-    inserted: Connection | None = (await session.execute(statement)).scalar_one_or_none()
+    owner = attribution or Attribution()
+    values = {
+        "environment": environment,
+        "integration_id": integration_id,
+        "connection_id": connection_id,
+        "provider": provider,
+        "auth_mode": auth_mode,
+        **{name: getattr(owner, name) for name in ATTRIBUTION_FIELDS},
+        "tags": owner.tags,
+        "status": status,
+        "created_at": now,
+        "updated_at": now,
+    }
+    statement = _insert_connection(session.get_bind().dialect.name)
+    inserted: Connection | None = (await session.execute(statement, [values])).scalar_one_or_none()
     if inserted is not None:
+        if owner.tags:
+            await _index_tags(session, connection=inserted, created=True)
         return inserted, True
     query = (
         select(Connection)
