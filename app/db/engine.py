@@ -68,14 +68,15 @@ _READ_ONLY = "nango_registry_read_only"
 def create_reader(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     """Sessions for requests that only read, sharing the engine's pool.
 
-    On Postgres they run in autocommit: a single SELECT needs no BEGIN and ROLLBACK around it,
-    two round trips saved on every lookup. On SQLite they take no write lock.
+    On SQLite they take no write lock (WAL lets them run beside a writer). On Postgres they are
+    ordinary sessions: autocommit would save the BEGIN and ROLLBACK round trips, but measured
+    under load it saved no CPU and made the tail latency worse (bench/, November 2026).
     """
     if engine.dialect.name == "postgresql":
-        reader = engine.execution_options(isolation_level="AUTOCOMMIT")
-    else:
-        reader = engine.execution_options(**{_READ_ONLY: True})
-    return async_sessionmaker(reader, expire_on_commit=False)
+        return create_sessionmaker(engine)
+    return async_sessionmaker(
+        engine.execution_options(**{_READ_ONLY: True}), expire_on_commit=False
+    )
 
 
 @asynccontextmanager
