@@ -22,6 +22,7 @@ from starlette.testclient import TestClient
 from app.application import create_app
 from app.db import migrate
 from app.settings import Settings, normalise_database_url
+from tests.fakes.nango import FakeNango
 
 DEFAULT_TEST_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 TEST_SIGNING_KEY = "5f3c0f0e-9a4b-4b8e-9d7c-2a1b3c4d5e6f"  # the key of webhook-vectors.json
@@ -165,3 +166,32 @@ def client(settings: Settings) -> Iterator[TestClient]:
 @pytest.fixture
 def auth_headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {TEST_API_KEY}"}
+
+
+@pytest.fixture
+def fake_nango() -> FakeNango:
+    return FakeNango(secret_key=TEST_NANGO_SECRET)
+
+
+@pytest.fixture
+def make_client(make_settings: Any, fake_nango: FakeNango) -> Iterator[Any]:
+    """The app over HTTP, its Nango client wired to the fake through the create_app seam."""
+    opened: list[TestClient] = []
+
+    def build(**overrides: Any) -> TestClient:
+        values = {"nango_timeout_seconds": 1.0, "nango_max_retries": 2, **overrides}
+        app = create_app(make_settings(**values), nango_transport=fake_nango.transport())
+        client = TestClient(app, raise_server_exceptions=False)
+        client.__enter__()
+        opened.append(client)
+        return client
+
+    yield build
+    for client in opened:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def api(make_client: Any) -> TestClient:
+    client: TestClient = make_client()
+    return client

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import http.client
-import importlib.util
 import json
 import os
 import signal
@@ -33,18 +32,6 @@ from tests.conftest import TEST_API_KEY, TEST_SIGNING_KEY
 # Heroku sends SIGKILL 30 s after SIGTERM; the service promises to be gone within 25 s.
 EXIT_DEADLINE_SECONDS = 25.0
 WEBHOOK_PATH = "/webhooks/nango"
-
-
-def _webhook_route_exists() -> bool:
-    try:
-        return importlib.util.find_spec("app.webhooks.routes") is not None
-    except ModuleNotFoundError:
-        return False
-
-
-needs_webhook_route = pytest.mark.skipif(
-    not _webhook_route_exists(), reason="the webhook receiver (app.webhooks.routes) is not here yet"
-)
 
 
 def _free_port() -> int:
@@ -310,7 +297,6 @@ def _stored_dedupe_keys(sync_engine: Engine) -> set[str]:
         return {row[0] for row in conn.execute(text("SELECT dedupe_key FROM deliveries"))}
 
 
-@needs_webhook_route
 @pytest.mark.parametrize("workers", [1, 2])
 def test_sigterm_during_a_webhook_burst_stores_every_acknowledged_delivery(
     tmp_path: Path, database_url: str, sync_engine: Engine, workers: int
@@ -351,7 +337,6 @@ def test_sigterm_during_a_webhook_burst_stores_every_acknowledged_delivery(
     assert missing == [], f"{len(missing)} acknowledged deliveries were not stored"
 
 
-@needs_webhook_route
 def test_a_stalled_request_cannot_hold_shutdown_past_the_grace_period(
     tmp_path: Path, database_url: str, sync_engine: Engine
 ) -> None:

@@ -225,13 +225,15 @@ async def _reconcile(
 async def _load_known(
     session: AsyncSession, *, environment: str, keys: list[tuple[str, str]]
 ) -> dict[tuple[str, str], Connection]:
-    """The stored connections among ``keys``, locked, in one query."""
+    """The stored connections among ``keys``, locked, in one query.
+
+    Filtered on ``connection_id`` alone, so Postgres uses its own index: with the environment
+    too it may pick the unique index, whose leading column matches every row (seen on a table
+    not analyzed yet, i.e. the first reconcile of a new install: 100x slower).
+    """
     query = (
         select(Connection)
-        .where(
-            col(Connection.environment) == environment,
-            col(Connection.connection_id).in_({connection_id for _, connection_id in keys}),
-        )
+        .where(col(Connection.connection_id).in_({connection_id for _, connection_id in keys}))
         .with_for_update()
         .execution_options(populate_existing=True)
     )
@@ -239,7 +241,7 @@ async def _load_known(
     found = {}
     for connection in (await session.execute(query)).scalars():
         key = (connection.integration_id, connection.connection_id)
-        if key in wanted:
+        if key in wanted and connection.environment == environment:
             found[key] = connection
     return found
 

@@ -140,25 +140,17 @@ async def lock_connection(
     no other transaction sees it, and a concurrent insert of the same key waits on it. A new
     row is inserted with ``attribution`` (and its tags indexed) at once.
     """
-    now = now or utcnow()
-    owner = attribution or Attribution()
-    values = {
-        "environment": environment,
-        "integration_id": integration_id,
-        "connection_id": connection_id,
-        "provider": provider,
-        "auth_mode": auth_mode,
-        **{name: getattr(owner, name) for name in ATTRIBUTION_FIELDS},
-        "tags": owner.tags,
-        "status": status,
-        "created_at": now,
-        "updated_at": now,
-    }
-    statement = _insert_connection(session.get_bind().dialect.name)
-    inserted: Connection | None = (await session.execute(statement, [values])).scalar_one_or_none()
-    if inserted is not None:
-        if owner.tags:
-            await _index_tags(session, connection=inserted, created=True)
+    values = new_connection_row(
+        environment=environment,
+        integration_id=integration_id,
+        connection_id=connection_id,
+        provider=provider,
+        auth_mode=auth_mode,
+        status=status,
+        attribution=attribution,
+        now=now or utcnow(),
+    )
+    for inserted in await insert_connections(session, rows=[values]):
         return inserted, True
     query = (
         select(Connection)
@@ -174,6 +166,45 @@ async def lock_connection(
     connection.provider = provider or connection.provider
     connection.auth_mode = auth_mode or connection.auth_mode
     return connection, False
+
+
+async def insert_connections(
+    session: AsyncSession, *, rows: list[dict[str, Any]]
+) -> list[Connection]:
+    """Insert new connections (and index their tags) in two statements; rows whose key exists
+    already are skipped and not returned: the caller locks and updates those instead."""
+    statement = _insert_connection(session.get_bind().dialect.name)
+    inserted = list((await session.execute(statement, rows)).scalars())
+    tag_rows = [row for connection in inserted for row in _tag_rows(connection)]
+    if tag_rows:
+        await session.execute(insert(TAGS_TABLE), tag_rows)
+    return inserted
+
+
+def new_connection_row(
+    *,
+    environment: str,
+    integration_id: str,
+    connection_id: str,
+    provider: str | None,
+    auth_mode: str | None,
+    status: ConnectionStatus,
+    attribution: Attribution | None,
+    now: datetime,
+) -> dict[str, Any]:
+    owner = attribution or Attribution()
+    return {
+        "environment": environment,
+        "integration_id": integration_id,
+        "connection_id": connection_id,
+        "provider": provider,
+        "auth_mode": auth_mode,
+        **{name: getattr(owner, name) for name in ATTRIBUTION_FIELDS},
+        "tags": owner.tags,
+        "status": status,
+        "created_at": now,
+        "updated_at": now,
+    }
 
 
 async def merge_attribution(
@@ -201,18 +232,22 @@ async def merge_attribution(
     return changed
 
 
+def _tag_rows(connection: Connection) -> list[dict[str, Any]]:
+    return [
+        {"connection_pk": connection.id, "key": key, "value": value}
+        for key, value in (connection.tags or {}).items()
+        # Over-long values stay in the JSON tags but are not indexed for tag[KEY]=VALUE lookups.
+        if len(key) <= MAX_TAG_KEY and len(value) <= MAX_TAG_VALUE
+    ]
+
+
 async def _index_tags(session: AsyncSession, *, connection: Connection, created: bool) -> None:
     assert connection.id is not None
     if not created:
         await session.execute(
             delete(ConnectionTag).where(col(ConnectionTag.connection_pk) == connection.id)
         )
-    rows = [
-        {"connection_pk": connection.id, "key": key, "value": value}
-        for key, value in connection.tags.items()
-        # Over-long values stay in the JSON tags but are not indexed for tag[KEY]=VALUE lookups.
-        if len(key) <= MAX_TAG_KEY and len(value) <= MAX_TAG_VALUE
-    ]
+    rows = _tag_rows(connection)
     if rows:
         # The table, not the ORM entity: a plain executemany, without the ORM's bulk machinery.
         await session.execute(insert(TAGS_TABLE), rows)
@@ -280,17 +315,24 @@ async def record_event(
     now: datetime | None = None,
 ) -> None:
     assert connection.id is not None
-    # A Core insert: history rows are never read back in the transaction that writes them.
-    await session.execute(
-        insert(EVENTS_TABLE).values(
-            connection_pk=connection.id,
-            delivery_id=delivery_id,
-            source=source,
-            action=action,
-            success=success,
-            from_status=from_status,
-            to_status=to_status,
-            detail=detail or {},
-            created_at=now or utcnow(),
-        )
+    await record_events(
+        session,
+        rows=[
+            {
+                "connection_pk": connection.id,
+                "delivery_id": delivery_id,
+                "source": source,
+                "action": action,
+                "success": success,
+                "from_status": from_status,
+                "to_status": to_status,
+                "detail": detail or {},
+                "created_at": now or utcnow(),
+            }
+        ],
     )
+
+
+async def record_events(session: AsyncSession, *, rows: list[dict[str, Any]]) -> None:
+    """History rows, as plain inserts: they are never read back in the transaction."""
+    await session.execute(insert(EVENTS_TABLE), rows)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,42 +11,11 @@ from sqlalchemy import Engine, insert, text
 from starlette.testclient import TestClient
 
 from app.api.auth import hash_key
-from app.application import create_app
 from app.db.models import ApiKey
-from app.settings import Settings
 from tests.fakes.nango import FakeNango
 from tests.rows import connection_row, insert_connection
 
 API_KEYS: Any = ApiKey.__table__
-
-
-@pytest.fixture
-def fake_nango() -> FakeNango:
-    return FakeNango()
-
-
-@pytest.fixture
-def make_client(make_settings: Any, fake_nango: FakeNango) -> Iterator[Any]:
-    opened: list[TestClient] = []
-
-    def build(**overrides: Any) -> TestClient:
-        values = {"nango_timeout_seconds": 1.0, "nango_max_retries": 2, **overrides}
-        settings: Settings = make_settings(**values)
-        app = create_app(settings, nango_transport=fake_nango.transport())
-        client = TestClient(app, raise_server_exceptions=False)
-        client.__enter__()
-        opened.append(client)
-        return client
-
-    yield build
-    for client in opened:
-        client.__exit__(None, None, None)
-
-
-@pytest.fixture
-def api(make_client: Any) -> TestClient:
-    client: TestClient = make_client()
-    return client
 
 
 # Connect sessions ---------------------------------------------------------------------------
