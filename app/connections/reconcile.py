@@ -34,9 +34,12 @@ from app.connections.store import (
     Attribution,
     change_status,
     clean_text,
+    insert_connections,
     lock_connection,
     merge_attribution,
+    new_connection_row,
     record_event,
+    record_events,
 )
 from app.db.engine import unit_of_work
 from app.db.leases import acquire_lease, release_lease
@@ -186,7 +189,15 @@ async def _reconcile(
                 known = await _load_known(
                     session, environment=environment, keys=[k for k, _ in chunk]
                 )
+                created = await _create_unknown(
+                    session,
+                    items=[(key, item) for key, item in chunk if key not in known],
+                    environment=environment,
+                    counts=counts,
+                )
                 for key, item in chunk:
+                    if key in created:
+                        continue
                     stored = known.get(key)
                     if stored is not None and _already_agrees(stored, item):
                         # Most rows agree with Nango already: a second run writes nothing.
@@ -244,6 +255,64 @@ async def _load_known(
         if key in wanted and connection.environment == environment:
             found[key] = connection
     return found
+
+
+async def _create_unknown(
+    session: AsyncSession,
+    *,
+    items: list[tuple[tuple[str, str], dict[str, Any]]],
+    environment: str,
+    counts: ReconcileCounts,
+) -> set[tuple[str, str]]:
+    """Create the listed connections not stored yet, a chunk in a few statements.
+
+    Returns the keys created; a key a webhook created meanwhile is left to ``_apply_listed``.
+    """
+    if not items:
+        return set()
+    now = utcnow()
+    rows = []
+    errors_by_key: dict[tuple[str, str], list[dict[str, str]]] = {}
+    for key, item in items:
+        error_type, errors = _first_error(item)
+        errors_by_key[key] = errors
+        row = new_connection_row(
+            environment=environment,
+            integration_id=key[0],
+            connection_id=key[1],
+            provider=clean_text(item.get("provider")),
+            auth_mode=None,
+            status=ConnectionStatus.AUTH_ERROR if error_type else ConnectionStatus.ACTIVE,
+            attribution=Attribution.from_nango(
+                tags=item.get("tags"), end_user=_flat_end_user(item.get("end_user"))
+            ),
+            now=now,
+        )
+        row["error_type"] = error_type
+        row["error_since"] = now if error_type else None
+        rows.append(row)
+    inserted = await insert_connections(session, rows=rows)
+    events = []
+    for connection in inserted:
+        errors = errors_by_key[(connection.integration_id, connection.connection_id)]
+        events.append(
+            {
+                "connection_pk": connection.id,
+                "delivery_id": None,
+                "source": "reconcile",
+                "action": "creation",
+                "success": None,
+                "from_status": None,
+                "to_status": connection.status,
+                "detail": {"nango_errors": errors} if errors else {},
+                "created_at": now,
+            }
+        )
+        counts.unattributed += connection.end_user_id is None and connection.organization_id is None
+    if events:
+        await record_events(session, rows=events)
+    counts.created += len(inserted)
+    return {(connection.integration_id, connection.connection_id) for connection in inserted}
 
 
 def _already_agrees(connection: Connection, item: dict[str, Any]) -> bool:
