@@ -84,7 +84,14 @@ async def receive_webhook(request: Request) -> JSONResponse:
         log.warning("webhook_rejected", reason="not_json", error=str(error))
         raise BadRequest("the webhook body is not UTF-8 JSON", code="invalid_body") from None
 
-    if key.environment is not None and body_environment(payload) != key.environment:
+    environment = body_environment(payload)
+    # Every entry holding the same secret signed this body; one of them must allow its
+    # environment (the same key may be listed for two environments, e.g. "prod=K,dev=K").
+    if not any(
+        entry.environment in (None, environment)
+        for entry in settings.signing_keys
+        if entry.key == key.key
+    ):
         SIGNATURE_FAILURES.labels(reason="environment").inc()
         log.warning("webhook_rejected", reason="environment", bound_to=key.environment)
         raise Unauthorized(

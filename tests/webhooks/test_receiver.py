@@ -217,6 +217,17 @@ def test_bound_key_must_match_the_body_environment(make_settings: Any, sync_engi
     assert count(sync_engine, "deliveries") == 2
 
 
+def test_one_key_bound_to_two_environments_serves_both(
+    make_settings: Any, sync_engine: Engine
+) -> None:
+    keys = f"prod={TEST_SIGNING_KEY},dev={TEST_SIGNING_KEY}"
+    with TestClient(create_app(make_settings(nango_webhook_signing_keys=keys))) as client:
+        assert post(client, auth_body(environment="prod", connection_id="p")).status_code == 200
+        assert post(client, auth_body(environment="dev", connection_id="d")).status_code == 200
+        assert post(client, auth_body(environment="staging", connection_id="s")).status_code == 401
+    assert count(sync_engine, "deliveries") == 2
+
+
 def test_legacy_signature_only_when_enabled_and_hmac_absent(
     make_settings: Any, sync_engine: Engine
 ) -> None:
