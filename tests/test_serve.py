@@ -28,17 +28,11 @@ import pytest
 from sqlalchemy import Engine, text
 
 from tests.conftest import TEST_API_KEY, TEST_SIGNING_KEY
+from tests.net import free_port
 
 # Heroku sends SIGKILL 30 s after SIGTERM; the service promises to be gone within 25 s.
 EXIT_DEADLINE_SECONDS = 25.0
 WEBHOOK_PATH = "/webhooks/nango"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -95,7 +89,7 @@ class Server:
 def serve(
     tmp_path: Path, database_url: str, *, workers: int = 1, **settings: str
 ) -> Iterator[Server]:
-    port = _free_port()
+    port = free_port()
     # Only what the service needs: nothing from the developer's shell leaks into the test.
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),

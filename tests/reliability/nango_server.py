@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from tests.reliability.pgcluster import free_port
+from tests.net import free_port
 
 
 @dataclass

@@ -11,7 +11,6 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -19,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
+
+from tests.net import free_port
 
 CLUSTER_PASSWORD = "pg-cluster-password-5e1d9c0b7a"  # distinctive: the secret scan looks for it
 
@@ -41,13 +42,6 @@ def find_bindir() -> Path | None:
         if (path / "initdb").exists() and (path / "pg_ctl").exists():
             return path
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass

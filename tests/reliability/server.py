@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx2
 
-from tests.reliability.pgcluster import free_port
+from tests.net import free_port
 
 
 @dataclass

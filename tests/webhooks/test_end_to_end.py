@@ -27,19 +27,13 @@ import pytest
 from sqlalchemy import Engine, text
 
 from tests.conftest import TEST_SIGNING_KEY
+from tests.net import free_port
 from tests.webhooks.helpers import VECTORS, auth_body, sign, signed_headers
 from tests.webhooks.rules import Event, final_state
 
 SECRET_KEY = "e2e-secret-key-that-must-never-be-logged"
 BODY_LIMIT = 65536
 STOP_WITHIN_SECONDS = 25
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @dataclass
