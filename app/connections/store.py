@@ -103,11 +103,6 @@ class Attribution:
         )
 
 
-def dialect_insert(session: AsyncSession) -> Any:
-    dialect = session.get_bind().dialect.name
-    return postgres_insert if dialect == "postgresql" else sqlite_insert
-
-
 @cache
 def _insert_connection(dialect: str) -> Any:
     """Built once: building an INSERT per request costs more CPU than sending it."""
@@ -212,11 +207,10 @@ async def merge_attribution(
     *,
     connection: Connection,
     attribution: Attribution,
-    created: bool = False,
 ) -> bool:
     """Fill in what the source knows; never erase what is stored. Returns True if changed.
 
-    ``created`` says the connection was inserted in this transaction, so it has no tag rows yet.
+    For a stored connection: a new one gets its owner and tags when it is inserted.
     """
     changed = False
     for name in ATTRIBUTION_FIELDS:
@@ -227,7 +221,7 @@ async def merge_attribution(
     merged = {**(connection.tags or {}), **attribution.tags}
     if merged != (connection.tags or {}):
         connection.tags = merged
-        await _index_tags(session, connection=connection, created=created)
+        await _reindex_tags(session, connection=connection)
         changed = True
     return changed
 
@@ -241,12 +235,11 @@ def _tag_rows(connection: Connection) -> list[dict[str, Any]]:
     ]
 
 
-async def _index_tags(session: AsyncSession, *, connection: Connection, created: bool) -> None:
+async def _reindex_tags(session: AsyncSession, *, connection: Connection) -> None:
     assert connection.id is not None
-    if not created:
-        await session.execute(
-            delete(ConnectionTag).where(col(ConnectionTag.connection_pk) == connection.id)
-        )
+    await session.execute(
+        delete(ConnectionTag).where(col(ConnectionTag.connection_pk) == connection.id)
+    )
     rows = _tag_rows(connection)
     if rows:
         # The table, not the ORM entity: a plain executemany, without the ORM's bulk machinery.
