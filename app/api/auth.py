@@ -50,8 +50,8 @@ async def authenticate(request: Request) -> Principal:
     state = app_state(request)
     match: Principal | None = None
     # Every configured key is compared, so the time taken does not reveal which one matched.
-    for index, configured in enumerate(state.settings.registry_api_keys, start=1):
-        if hmac.compare_digest(digest, hash_key(configured.get_secret_value())):
+    for index, configured in enumerate(state.settings.registry_api_key_hashes, start=1):
+        if hmac.compare_digest(digest, configured):
             match = Principal(name=f"env:{index}", read_only=False)
     if match is None:
         async with state.reader() as session:
