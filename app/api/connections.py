@@ -74,16 +74,7 @@ async def list_connections(request: Request) -> JSONResponse:
         )
     async with _session(request) as session:
         page = await queries.find_connections(
-            session,
-            end_user_id=query.end_user_id,
-            organization_id=query.organization_id,
-            integration_id=query.integration_id,
-            environment=query.environment,
-            statuses=query.statuses,
-            tags=query.tags,
-            attributed=query.attributed,
-            limit=query.limit,
-            after_id=after_id,
+            session, limit=query.limit, after_id=after_id, **query.scope()
         )
     next_cursor = None
     if page.next_after_id is not None:

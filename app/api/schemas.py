@@ -15,7 +15,7 @@ from typing import Any
 
 from starlette.datastructures import QueryParams
 
-from app.connections.queries import LISTED_BY_DEFAULT
+from app.connections.queries import LISTED_BY_DEFAULT, ConnectionFilters
 from app.db.models import Connection, ConnectionEvent, ConnectionStatus, Delivery
 from app.errors import BadRequest
 
@@ -217,8 +217,8 @@ class ConnectionQuery:
     limit: int
     cursor: str | None
 
-    def scope(self) -> dict[str, Any]:
-        """What a cursor is bound to: every filter, not the page size."""
+    def scope(self) -> ConnectionFilters:
+        """The filters, which are also what a cursor is bound to (not the page size)."""
         return {
             "end_user_id": self.end_user_id,
             "organization_id": self.organization_id,

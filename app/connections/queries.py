@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypedDict, TypeVar, Unpack
 
 from sqlalchemy import and_, or_
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -36,19 +36,29 @@ class Page(Generic[T]):
     next_after_id: int | None
 
 
+class ConnectionFilters(TypedDict, total=False):
+    """The filters of a connection listing; every one given must match."""
+
+    end_user_id: str | None
+    organization_id: str | None
+    integration_id: str | None
+    environment: str | None
+    statuses: Sequence[str]
+    tags: Mapping[str, str] | None
+    attributed: bool | None
+
+
 def connections_query(
-    *,
-    end_user_id: str | None = None,
-    organization_id: str | None = None,
-    integration_id: str | None = None,
-    environment: str | None = None,
-    statuses: Sequence[str] = LISTED_BY_DEFAULT,
-    tags: Mapping[str, str] | None = None,
-    attributed: bool | None = None,
-    after_id: int | None = None,
-    limit: int = 50,
+    *, after_id: int | None = None, limit: int = 50, **filters: Unpack[ConnectionFilters]
 ) -> Any:
     """The SELECT behind ``find_connections`` (exposed so tests can EXPLAIN it)."""
+    end_user_id = filters.get("end_user_id")
+    organization_id = filters.get("organization_id")
+    integration_id = filters.get("integration_id")
+    environment = filters.get("environment")
+    statuses = filters.get("statuses", LISTED_BY_DEFAULT)
+    tags = filters.get("tags")
+    attributed = filters.get("attributed")
     query = select(Connection)
     if end_user_id is not None:
         query = query.where(col(Connection.end_user_id) == end_user_id)
@@ -92,28 +102,12 @@ def connections_query(
 async def find_connections(
     session: AsyncSession,
     *,
-    end_user_id: str | None = None,
-    organization_id: str | None = None,
-    integration_id: str | None = None,
-    environment: str | None = None,
-    statuses: Sequence[str] = LISTED_BY_DEFAULT,
-    tags: Mapping[str, str] | None = None,
-    attributed: bool | None = None,
     limit: int,
     after_id: int | None = None,
+    **filters: Unpack[ConnectionFilters],
 ) -> Page[Connection]:
     """Connections matching every given filter, newest first; deleted ones only when asked for."""
-    query = connections_query(
-        end_user_id=end_user_id,
-        organization_id=organization_id,
-        integration_id=integration_id,
-        environment=environment,
-        statuses=statuses,
-        tags=tags,
-        attributed=attributed,
-        after_id=after_id,
-        limit=limit,
-    )
+    query = connections_query(after_id=after_id, limit=limit, **filters)
     rows = list((await session.execute(query)).scalars().all())
     return _page(rows, limit, lambda row: row.id)
 
