@@ -16,6 +16,7 @@ from starlette.routing import BaseRoute, Route
 
 from app import health, monitoring
 from app.api import actions, connections, openapi
+from app.api.auth import configured_key_hashes
 from app.connections.reconcile import run_schedule
 from app.db.engine import create_engine, create_reader, create_sessionmaker
 from app.errors import EXCEPTION_HANDLERS
@@ -108,6 +109,7 @@ def create_app(
             reader=create_reader(engine),
             http=http,
             nango=NangoClient.from_settings(settings, http),
+            api_key_hashes=configured_key_hashes(settings),
         )
         log.info("started", database=engine.url.get_backend_name())
         schedule = _start_reconcile_schedule(app.state.registry)

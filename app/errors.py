@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -141,6 +141,15 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
 
 # Failures of the database itself, as opposed to a bug or a constraint violation.
 DATABASE_UNAVAILABLE = (OperationalError, InterfaceError, DisconnectionError, PoolTimeoutError)
+
+
+def is_database_unavailable(error: BaseException) -> bool:
+    """The database itself failed (worth a retry), as opposed to this request's data or a bug."""
+    if isinstance(error, DATABASE_UNAVAILABLE):
+        return True
+    return isinstance(error, DBAPIError) and error.connection_invalidated
+
+
 RETRY_AFTER_SECONDS = "5"
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from dataclasses import dataclass
 from functools import cached_property
@@ -136,14 +135,6 @@ class Settings(BaseSettings):
             else:
                 keys.append(SigningKey(key=raw.encode()))
         return tuple(keys)
-
-    @cached_property
-    def registry_api_key_hashes(self) -> tuple[str, ...]:
-        """SHA-256 of each ``REGISTRY_API_KEYS`` entry, computed once rather than per request."""
-        return tuple(
-            hashlib.sha256(key.get_secret_value().encode("utf-8")).hexdigest()
-            for key in self.registry_api_keys
-        )
 
 
 class SettingsError(SystemExit):

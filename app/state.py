@@ -23,6 +23,8 @@ class AppState:
     reader: async_sessionmaker[AsyncSession]  # read-only requests (see create_reader)
     http: httpx2.AsyncClient
     nango: NangoClient | None = None
+    # SHA-256 of each REGISTRY_API_KEYS entry, hashed once at start (app.api.auth).
+    api_key_hashes: tuple[str, ...] = ()
     background: list[object] = field(default_factory=list)
 
 

@@ -66,8 +66,6 @@ TAG_KEY = re.compile(r"^[a-zA-Z][a-zA-Z0-9_\-./]*$")
 MAX_TAGS = 10
 # Deliberately loose: one "@", no spaces, a dot in the domain. Deliverability is not ours to judge.
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-# The owner's fields travel to Nango as tags of the same names.
-ATTRIBUTION_TAGS = ATTRIBUTION_FIELDS
 MAX_JSON_BODY = 64 * 1024
 
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
@@ -109,7 +107,7 @@ class ConnectSessionRequest(_Strict):
             lowered = key.lower()
             if lowered in tags:
                 raise ValueError(f"tag key {key!r} repeats another key that differs only in case")
-            if lowered in ATTRIBUTION_TAGS:
+            if lowered in ATTRIBUTION_FIELDS:
                 raise ValueError(f"set {lowered} as a field of its own, not as a tag")
             tags[lowered] = tag
         return tags
@@ -123,7 +121,7 @@ class ConnectSessionRequest(_Strict):
         return self
 
     def nango_tags(self) -> dict[str, str]:
-        built = {name: getattr(self, name) for name in ATTRIBUTION_TAGS}
+        built = {name: getattr(self, name) for name in ATTRIBUTION_FIELDS}
         return {**{k: v for k, v in built.items() if v is not None}, **self.tags}
 
 
@@ -222,12 +220,12 @@ def _reconnect_tags(connection: Connection) -> dict[str, str]:
         for key, value in (connection.tags or {}).items()
         if TAG_KEY.match(key) and len(key) <= 64 and 1 <= len(value) <= 255
     }
-    for name in ATTRIBUTION_TAGS:
+    for name in ATTRIBUTION_FIELDS:
         value = getattr(connection, name)
         if value and name not in tags:
             tags[name] = value
     # Nango takes at most ten; the owner's keys are kept first.
-    ordered = sorted(tags.items(), key=lambda item: item[0] not in ATTRIBUTION_TAGS)
+    ordered = sorted(tags.items(), key=lambda item: item[0] not in ATTRIBUTION_FIELDS)
     return dict(ordered[:MAX_TAGS])
 
 

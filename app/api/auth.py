@@ -16,6 +16,7 @@ from starlette.requests import Request
 
 from app.db.models import ApiKey
 from app.errors import Forbidden, Unauthorized
+from app.settings import Settings
 from app.state import app_state
 
 
@@ -27,6 +28,10 @@ class Principal:
 
 def hash_key(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+def configured_key_hashes(settings: Settings) -> tuple[str, ...]:
+    return tuple(hash_key(key.get_secret_value()) for key in settings.registry_api_keys)
 
 
 def generate_key() -> str:
@@ -50,7 +55,7 @@ async def authenticate(request: Request) -> Principal:
     state = app_state(request)
     match: Principal | None = None
     # Every configured key is compared, so the time taken does not reveal which one matched.
-    for index, configured in enumerate(state.settings.registry_api_key_hashes, start=1):
+    for index, configured in enumerate(state.api_key_hashes, start=1):
         if hmac.compare_digest(digest, configured):
             match = Principal(name=f"env:{index}", read_only=False)
     if match is None:

@@ -23,7 +23,6 @@ from typing import Any
 from sqlalchemy import Table, update
 from sqlalchemy.dialects.postgresql import insert as postgres_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import col, select
 
@@ -31,6 +30,7 @@ from app.connections.state import apply_delivery, expected_outcome
 from app.connections.store import clean_text
 from app.db.models import Delivery, DeliveryOutcome
 from app.db.types import utcnow
+from app.errors import is_database_unavailable
 from app.logs import get_logger
 from app.webhooks.payloads import Envelope
 
@@ -133,13 +133,6 @@ async def record_delivery(
     raise RuntimeError("could not store the delivery after repeated dedupe conflicts")
 
 
-def _is_connection_failure(error: BaseException) -> bool:
-    """A failure of the database itself (retry later), not of this delivery's data."""
-    if isinstance(error, OperationalError):
-        return True
-    return isinstance(error, DBAPIError) and error.connection_invalidated
-
-
 async def process_delivery(
     session: AsyncSession,
     *,
@@ -160,7 +153,7 @@ async def process_delivery(
                 default_environment=default_environment,
             )
     except Exception as error:
-        if _is_connection_failure(error):
+        if is_database_unavailable(error):
             raise
         outcome = DeliveryOutcome.FAILED
         error_text = f"{type(error).__name__}: {error}"[:2000]
@@ -224,7 +217,7 @@ async def ingest(
                 )
             return IngestResult(delivery_id, outcome)
     except Exception as error:
-        if not applying or _is_connection_failure(error):
+        if not applying or is_database_unavailable(error):
             raise
         error_text = f"{type(error).__name__}: {error}"[:2000]
         log.error("delivery_failed", error_type=type(error).__name__)
