@@ -18,6 +18,7 @@ from starlette.routing import Route
 from app.api import cursors
 from app.api.auth import require_api_key
 from app.api.schemas import (
+    ConnectionSelector,
     connection_to_json,
     event_to_json,
     parse_connection_query,
@@ -27,6 +28,7 @@ from app.api.schemas import (
     storable,
 )
 from app.connections import queries
+from app.db.models import Connection
 from app.errors import NotFound
 from app.logs import get_logger
 from app.metrics import LOOKUPS
@@ -57,10 +59,19 @@ async def _session(request: Request) -> AsyncIterator[AsyncSession]:
         yield session
 
 
-def _check_connection_id(request: Request) -> None:
+async def _addressed_connection(
+    session: AsyncSession, request: Request, selector: ConnectionSelector
+) -> Connection:
+    """The connection the path (and ``integration_id`` / ``environment``) names."""
     connection_id = request.path_params["connection_id"]
     if not storable(connection_id):
         raise NotFound(f"no connection {connection_id!r}", code="connection_not_found")
+    return await queries.get_connection(
+        session,
+        connection_id=connection_id,
+        integration_id=selector.integration_id,
+        environment=selector.environment,
+    )
 
 
 @lookup("list_connections")
@@ -89,14 +100,8 @@ async def list_connections(request: Request) -> JSONResponse:
 @lookup("get_connection")
 async def get_connection(request: Request) -> JSONResponse:
     selector = parse_selector(request.query_params)
-    _check_connection_id(request)
     async with _session(request) as session:
-        connection = await queries.get_connection(
-            session,
-            connection_id=request.path_params["connection_id"],
-            integration_id=selector.integration_id,
-            environment=selector.environment,
-        )
+        connection = await _addressed_connection(session, request, selector)
     return JSONResponse({"data": connection_to_json(connection)})
 
 
@@ -104,15 +109,9 @@ async def get_connection(request: Request) -> JSONResponse:
 async def connection_events(request: Request) -> JSONResponse:
     selector = parse_selector(request.query_params, paginated=True)
     page_query = parse_page(request.query_params)
-    _check_connection_id(request)
     settings = app_state(request).settings
     async with _session(request) as session:
-        connection = await queries.get_connection(
-            session,
-            connection_id=request.path_params["connection_id"],
-            integration_id=selector.integration_id,
-            environment=selector.environment,
-        )
+        connection = await _addressed_connection(session, request, selector)
         assert connection.id is not None
         scope = {"connection": connection.id}
         after_id = None
