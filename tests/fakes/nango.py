@@ -330,7 +330,11 @@ class FakeNango:
                 await outcome
         return JSONResponse({"connections": chunk})
 
-    def _addressed(self, request: Request) -> tuple[FakeConnection | None, Response | None]:
+    async def _addressed(self, request: Request) -> tuple[FakeConnection | None, Response | None]:
+        """The connection ``/connections/{id}?provider_config_key=`` names, or the refusal."""
+        _, refused = await self._gate(request)
+        if refused:
+            return None, refused
         key = request.query_params.get("provider_config_key")
         if not key:
             return None, JSONResponse(
@@ -339,18 +343,20 @@ class FakeNango:
             )
         return self.find(request.path_params["connection_id"], key), None
 
+    @staticmethod
+    def _unknown(status_code: int) -> Response:
+        # Nango answers an unknown connection with 404 on GET but 400 on DELETE.
+        return JSONResponse(
+            {"error": {"code": "unknown_connection", "message": "Connection not found"}},
+            status_code=status_code,
+        )
+
     async def _get(self, request: Request) -> Response:
-        _, refused = await self._gate(request)
-        if refused:
-            return refused
-        connection, problem = self._addressed(request)
+        connection, problem = await self._addressed(request)
         if problem:
             return problem
         if connection is None:
-            return JSONResponse(
-                {"error": {"code": "unknown_connection", "message": "Connection not found"}},
-                status_code=404,
-            )
+            return self._unknown(404)
         return JSONResponse(
             {
                 **connection.listed(),
@@ -360,16 +366,10 @@ class FakeNango:
         )
 
     async def _delete(self, request: Request) -> Response:
-        _, refused = await self._gate(request)
-        if refused:
-            return refused
-        connection, problem = self._addressed(request)
+        connection, problem = await self._addressed(request)
         if problem:
             return problem
         if connection is None:
-            return JSONResponse(
-                {"error": {"code": "unknown_connection", "message": "Connection not found"}},
-                status_code=400,
-            )
+            return self._unknown(400)
         self.connections.remove(connection)
         return JSONResponse({"success": True})

@@ -264,11 +264,8 @@ def test_body_over_the_limit_is_413_by_content_length(
 def test_chunked_body_over_the_limit_is_413_while_reading(
     make_settings: Any, sync_engine: Engine
 ) -> None:
-    sent = []
-
     def chunks() -> Iterator[bytes]:
         for _ in range(100):
-            sent.append(1)
             yield b"x" * 512
 
     with TestClient(create_app(make_settings(webhook_max_body_bytes=1024))) as client:
@@ -277,6 +274,27 @@ def test_chunked_body_over_the_limit_is_413_while_reading(
         )
     assert response.status_code == 413
     assert count(sync_engine, "deliveries") == 0
+
+
+@pytest.mark.anyio
+async def test_the_limit_stops_the_read_instead_of_buffering_the_body() -> None:
+    from starlette.requests import Request
+
+    from app.errors import PayloadTooLarge
+    from app.webhooks.routes import read_limited
+
+    delivered = 0
+
+    async def receive() -> dict[str, Any]:
+        nonlocal delivered
+        delivered += 1
+        return {"type": "http.request", "body": b"x" * 512, "more_body": delivered < 1000}
+
+    # No Content-Length: only counting while reading can refuse it.
+    scope = {"type": "http", "method": "POST", "path": "/webhooks/nango", "headers": []}
+    with pytest.raises(PayloadTooLarge):
+        await read_limited(Request(scope, receive), 1024)
+    assert delivered == 3  # 1536 bytes read, then refused: not the 512 000 on offer
 
 
 def test_chunked_body_under_the_limit_is_accepted(client: TestClient) -> None:
