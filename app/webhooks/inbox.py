@@ -133,6 +133,18 @@ async def record_delivery(
     raise RuntimeError("could not store the delivery after repeated dedupe conflicts")
 
 
+def _failure(error: Exception) -> str:
+    """What a delivery that failed to apply keeps for ``replay``.
+
+    A database that is down is not the delivery's fault: that error goes on up (a 503, so
+    Nango retries) instead of marking the delivery failed.
+    """
+    if is_database_unavailable(error):
+        raise error
+    log.error("delivery_failed", error_type=type(error).__name__)
+    return f"{type(error).__name__}: {error}"[:2000]
+
+
 async def process_delivery(
     session: AsyncSession,
     *,
@@ -153,11 +165,8 @@ async def process_delivery(
                 default_environment=default_environment,
             )
     except Exception as error:
-        if is_database_unavailable(error):
-            raise
         outcome = DeliveryOutcome.FAILED
-        error_text = f"{type(error).__name__}: {error}"[:2000]
-        log.error("delivery_failed", delivery_id=delivery_id, error_type=type(error).__name__)
+        error_text = _failure(error)
     await session.execute(
         update(DELIVERIES)
         .where(DELIVERIES.c.id == delivery_id)
@@ -217,10 +226,9 @@ async def ingest(
                 )
             return IngestResult(delivery_id, outcome)
     except Exception as error:
-        if not applying or is_database_unavailable(error):
+        if not applying:
             raise
-        error_text = f"{type(error).__name__}: {error}"[:2000]
-        log.error("delivery_failed", error_type=type(error).__name__)
+        error_text = _failure(error)
     async with sessionmaker() as session, session.begin():
         delivery_id = await store(session, DeliveryOutcome.FAILED, error_text)
     if delivery_id is None:  # a concurrent copy of this delivery got in first

@@ -428,6 +428,22 @@ def test_a_processing_bug_keeps_the_delivery_and_replay_applies_it(
     assert count(sync_engine, "connections") == 1
 
 
+def test_a_database_outage_while_applying_is_503_not_a_failed_delivery(
+    client: TestClient, sync_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    async def outage(*args: Any, **kwargs: Any) -> Any:
+        raise OperationalError("SELECT 1", {}, Exception("server closed the connection"))
+
+    monkeypatch.setattr(inbox, "apply_delivery", outage)
+    response = post(client, auth_body())
+    assert response.status_code == 503
+    assert response.headers["Retry-After"].isdigit()
+    # Nothing half-written: Nango's retry will store and apply it whole.
+    assert count(sync_engine, "deliveries") == 0
+
+
 def test_log_lines_carry_no_secret_and_no_body(
     client: TestClient, capsys: pytest.CaptureFixture[str]
 ) -> None:
