@@ -33,7 +33,7 @@ from starlette.routing import BaseRoute, Route
 
 from app.api import openapi
 from app.api.auth import require_api_key
-from app.api.schemas import connection_to_json
+from app.api.schemas import connection_to_json, reject_unknown_parameters
 from app.connections.queries import get_connection
 from app.connections.reconcile import ReconcileBusy, reconcile
 from app.connections.store import (
@@ -194,6 +194,18 @@ def _validate(model: type[M], body: dict[str, Any]) -> M:
         ) from None
 
 
+async def _write_request(request: Request, *, query: tuple[str, ...] | None = ()) -> None:
+    """A full-access key, and no query parameter the route does not know (as on lookups).
+
+    ``query=None``: the route checks its parameters once it has found the connection, because
+    with ``{connection_id:path}`` a path like ``.../x/events`` may name connection ``x/events``;
+    an unknown connection must answer 404 before its parameters are judged.
+    """
+    await require_api_key(request, write=True)
+    if query is not None:
+        reject_unknown_parameters(request.query_params, query)
+
+
 def _integration_id(request: Request, from_body: str | None = None) -> str | None:
     from_query = clean_text(request.query_params.get("integration_id"))
     if from_query and from_body and from_query != from_body:
@@ -202,7 +214,7 @@ def _integration_id(request: Request, from_body: str | None = None) -> str | Non
 
 
 async def create_connect_session(request: Request) -> JSONResponse:
-    await require_api_key(request, write=True)
+    await _write_request(request, query=())
     payload = _validate(ConnectSessionRequest, await _json_body(request))
     body: dict[str, Any] = {"tags": payload.nango_tags()}
     if payload.allowed_integrations:
@@ -230,7 +242,7 @@ def _reconnect_tags(connection: Connection) -> dict[str, str]:
 
 
 async def create_reconnect_session(request: Request) -> JSONResponse:
-    await require_api_key(request, write=True)
+    await _write_request(request, query=None)
     payload = _validate(ReconnectRequest, await _json_body(request, optional=True))
     state = app_state(request)
     async with state.sessionmaker() as session:
@@ -240,6 +252,7 @@ async def create_reconnect_session(request: Request) -> JSONResponse:
             connection_id=request.path_params["connection_id"],
             integration_id=_integration_id(request, payload.integration_id),
         )
+    reject_unknown_parameters(request.query_params, ("integration_id",))
     if connection.status == ConnectionStatus.DELETED:
         raise Conflict("the connection is deleted: start a new Connect session", code="deleted")
     nango_body: dict[str, Any] = {
@@ -257,12 +270,22 @@ async def create_reconnect_session(request: Request) -> JSONResponse:
             code="unattributed",
         )
     with nango_errors():
-        session_data = await _nango(request).create_reconnect_session(nango_body)
+        try:
+            session_data = await _nango(request).create_reconnect_session(nango_body)
+        except NangoRejected as error:
+            if error.code != "unknown_connection":
+                raise
+            # Stored here but gone at Nango (a deletion whose webhook was lost): not a gateway
+            # failure, and not something a retry fixes.
+            raise NotFound(
+                "Nango no longer has this connection; `reconcile` marks it deleted",
+                code="unknown_at_nango",
+            ) from None
     return JSONResponse(session_data, status_code=201)
 
 
 async def delete_connection(request: Request) -> JSONResponse:
-    await require_api_key(request, write=True)
+    await _write_request(request, query=None)
     state = app_state(request)
     environment = state.settings.nango_environment
     connection_id = request.path_params["connection_id"]
@@ -273,6 +296,7 @@ async def delete_connection(request: Request) -> JSONResponse:
             connection_id=connection_id,
             integration_id=_integration_id(request),
         )
+    reject_unknown_parameters(request.query_params, ("integration_id",))
     with nango_errors():
         try:
             await _nango(request).delete_connection(
@@ -303,7 +327,7 @@ async def delete_connection(request: Request) -> JSONResponse:
 
 
 async def run_reconcile(request: Request) -> JSONResponse:
-    await require_api_key(request, write=True)
+    await _write_request(request, query=())
     state = app_state(request)
     with nango_errors():
         try:
@@ -328,7 +352,7 @@ def legacy_hmac(key: str, *, integration_id: str, connection_id: str) -> str:
 
 
 async def create_legacy_auth_hmac(request: Request) -> JSONResponse:
-    await require_api_key(request, write=True)
+    await _write_request(request, query=())
     key = app_state(request).settings.nango_legacy_hmac_key
     if key is None or not key.get_secret_value():
         raise NotFound("NANGO_LEGACY_HMAC_KEY is not set: the legacy flow is off")

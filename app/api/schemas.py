@@ -112,7 +112,9 @@ def bad_parameter(parameter: str, message: str) -> BadRequest:
     )
 
 
-def _reject_unknown(params: QueryParams, allowed: Iterable[str], *, tags: bool = False) -> None:
+def reject_unknown_parameters(
+    params: QueryParams, allowed: Iterable[str], *, tags: bool = False
+) -> None:
     known = set(allowed)
     for name in params:
         if name in known or (tags and name.startswith("tag")):
@@ -231,7 +233,7 @@ class ConnectionQuery:
 
 
 def parse_connection_query(params: QueryParams) -> ConnectionQuery:
-    _reject_unknown(
+    reject_unknown_parameters(
         params,
         (
             "end_user_id",
@@ -270,7 +272,7 @@ def parse_selector(params: QueryParams, *, paginated: bool = False) -> Connectio
     allowed = ["integration_id", "environment"]
     if paginated:
         allowed += ["limit", "cursor"]
-    _reject_unknown(params, allowed)
+    reject_unknown_parameters(params, allowed)
     return ConnectionSelector(
         integration_id=_text(params, "integration_id"),
         environment=_text(params, "environment"),
@@ -294,5 +296,5 @@ def storable(path_value: str) -> bool:
 
 def parse_summary_query(params: QueryParams) -> str | None:
     """``GET /v1/end-users/{id}/summary`` takes only an optional ``environment``."""
-    _reject_unknown(params, ("environment",))
+    reject_unknown_parameters(params, ("environment",))
     return _text(params, "environment")

@@ -241,6 +241,41 @@ def test_reconnect_sends_the_stored_tags_again(
     }
 
 
+def test_reconnect_of_a_connection_nango_no_longer_has_is_404(
+    api: TestClient, auth_headers: dict[str, str], fake_nango: FakeNango, sync_engine: Engine
+) -> None:
+    insert_connection(sync_engine, end_user_id="user-1")  # stored here, unknown to the fake
+    response = api.post("/v1/connections/conn-1/reconnect-session", headers=auth_headers)
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "unknown_at_nango"
+    assert len(fake_nango.requests_to("POST", "/connect/sessions/reconnect")) == 1
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/v1/connect-sessions"),
+        ("POST", "/v1/connections/conn-1/reconnect-session"),
+        ("DELETE", "/v1/connections/conn-1"),
+        ("POST", "/v1/reconcile"),
+        ("POST", "/v1/legacy/auth-hmac"),
+    ],
+)
+def test_actions_refuse_unknown_query_parameters_before_acting(
+    api: TestClient,
+    auth_headers: dict[str, str],
+    fake_nango: FakeNango,
+    sync_engine: Engine,
+    method: str,
+    path: str,
+) -> None:
+    insert_connection(sync_engine, end_user_id="user-1")
+    response = api.request(method, f"{path}?dry_run=true", headers=auth_headers)
+    assert response.status_code == 400
+    assert response.json()["error"]["details"]["parameter"] == "dry_run"
+    assert fake_nango.requests == []
+
+
 def test_reconnect_ambiguous_legacy_id_needs_integration_id(
     api: TestClient, auth_headers: dict[str, str], fake_nango: FakeNango, sync_engine: Engine
 ) -> None:
@@ -280,10 +315,13 @@ def test_reconnect_unknown_or_deleted(
 def test_reconnect_refused_by_nango_is_502(
     api: TestClient, auth_headers: dict[str, str], fake_nango: FakeNango, sync_engine: Engine
 ) -> None:
+    # (A connection Nango does not know is a 404: see the test above.)
+    fake_nango.add_connection(connection_id="only-here", integration_id="github")
     insert_connection(sync_engine, connection_id="only-here", end_user_id="u")
+    fake_nango.fail_next(1, status=400, code="invalid_body")
     response = api.post("/v1/connections/only-here/reconnect-session", headers=auth_headers)
     assert response.status_code == 502
-    assert response.json()["error"]["code"] == "nango_unknown_connection"
+    assert response.json()["error"]["code"] == "nango_invalid_body"
 
 
 # Deletes ------------------------------------------------------------------------------------
