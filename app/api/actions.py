@@ -68,7 +68,8 @@ MAX_TAGS = 10
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 MAX_JSON_BODY = 64 * 1024
 
-Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
+# Taken as sent (no stripping), so the limits are the ones /openapi.json states; not blank.
+Text = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"\S")]
 
 
 class _Strict(BaseModel):

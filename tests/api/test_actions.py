@@ -57,6 +57,9 @@ def test_connect_session_sends_tags_and_answers_201(
     [
         ({}, "end_user_id"),
         ({"end_user_id": ""}, "end_user_id"),
+        ({"end_user_id": "   "}, "end_user_id"),
+        # The limit applies to the value as sent, as /openapi.json says (schemathesis found it).
+        ({"end_user_id": " " + "u" * 255}, "end_user_id"),
         ({"end_user_id": "u", "end_user_email": "not-an-email"}, "end_user_email"),
         ({"end_user_id": "u", "tags": {"1bad": "x"}}, "tags"),
         ({"end_user_id": "u", "tags": {"a" * 65: "x"}}, "tags"),
