@@ -36,20 +36,25 @@ app = Starlette(
 )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def server_arguments(description: str) -> argparse.ArgumentParser:
+    """The options both bench servers take (``bench.reference`` adds ``--database-url``)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--workers", type=int, default=1)
-    args = parser.parse_args()
+    return parser
+
+
+def serve(app: str, args: argparse.Namespace) -> None:
+    """uvicorn with the service's own options besides the bind address."""
     settings = Settings(_env_file=None)  # type: ignore[call-arg]
     uvicorn.run(
-        "bench.bare:app",
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        **uvicorn_options(settings),
+        app, host=args.host, port=args.port, workers=args.workers, **uvicorn_options(settings)
     )
+
+
+def main() -> None:
+    serve("bench.bare:app", server_arguments(__doc__ or "").parse_args())
 
 
 if __name__ == "__main__":
