@@ -38,7 +38,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from functools import cache
-from typing import Any
+from typing import Any, cast
 
 import aiosqlite
 from psycopg_pool import AsyncConnectionPool
@@ -171,7 +171,8 @@ class SQLite:
     async def fetch(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         conn = await self.readers.get()
         try:
-            return list(await conn.execute_fetchall(sqlite_sql(sql), params))
+            rows = await conn.execute_fetchall(sqlite_sql(sql), params)
+            return cast(list[tuple[Any, ...]], rows)
         finally:
             self.readers.put_nowait(conn)
 
