@@ -50,9 +50,10 @@ reliability: dev
 	RELIABILITY=long TEST_DB=postgres $(BIN)/pytest tests/reliability
 	@cat build/reliability/*-long.json
 
-# Benchmarks (not part of `make test`): needs wrk and pgbench and a Postgres on
+# Benchmarks (not part of `make test`): the service beside the reference handler
+# (bench/reference.py) in one run, ~10 minutes; needs wrk and pgbench and a Postgres on
 # BENCH_DATABASE_URL (default postgresql://postgres@127.0.0.1:5432/postgres). BENCH_ARGS are
-# passed on, e.g. `make bench BENCH_ARGS="--duration 10 --profile"`.
+# passed on, e.g. `make bench BENCH_ARGS="--duration 5 --only ingest,lookup"`.
 bench: install
 	@command -v wrk >/dev/null 2>&1 || { \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
