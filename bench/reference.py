@@ -8,13 +8,14 @@ the lookups check the bearer key and answer the service's JSON from one SELECT. 
 project's migrated schema and writes the rows the service writes, so both can share a database.
 
 Why it is the yardstick: absolute throughput drifts on a shared machine, but the ratio between
-the service and this app, measured in the same run on the same database, does not. It is
-idiomatic, not tuned: psycopg_pool (5 to 7 connections, like the service's pool) with plain
-``async with pool.connection()`` / ``conn.transaction()``, or aiosqlite in WAL mode with one
-writer behind an ``asyncio.Lock`` and two readers; stdlib ``json``; no pipelining, no caching.
-Whatever the service does beyond it (validation, state rules, metrics, request IDs, an ORM)
-is what the ratio prices. It handles what the benchmark sends (auth webhooks, the three lookup
-routes without cursors or filters besides ``end_user_id``); it is not a second implementation.
+the service and this app, measured in the same run with the same requests on the same database,
+does not. It is idiomatic, not tuned: psycopg_pool (5 to 7 connections, like the service's pool)
+with plain ``async with pool.connection()`` / ``conn.transaction()``; or sqlite3 in WAL mode,
+each connection used by a thread of its own, one writer behind an ``asyncio.Lock`` and two
+readers; stdlib ``json``; no pipelining, no caching. What the service does beyond it
+(validation, state rules, metrics, request IDs, its data layer) is what the ratio prices. It
+handles what the benchmark sends (auth webhooks, the three lookup routes without cursors or
+filters besides ``end_user_id``); it is not a second implementation.
 
     python -m bench.reference --port 8001 --database-url postgresql://postgres@127.0.0.1/db
     python -m bench.reference --port 8001 --database-url sqlite:////tmp/registry.db --workers 2
@@ -34,13 +35,13 @@ import re
 import sqlite3
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from functools import cache
-from typing import Any, cast
+from typing import Any, TypeVar
 
-import aiosqlite
 from psycopg_pool import AsyncConnectionPool
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -51,6 +52,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from bench.bare import serve, server_arguments
 
 DATABASE_URL_VARIABLE = "BENCH_REFERENCE_DATABASE_URL"
+T = TypeVar("T")
 KEPT_HEADERS = ("content-type", "user-agent", "x-request-id", "x-forwarded-for")
 
 # Every statement is written once, with psycopg's %(name)s placeholders; SQLite gets :name.
@@ -131,66 +133,97 @@ def sqlite_sql(text: str) -> str:
     return re.sub(r"%\((\w+)\)s", r":\1", text)
 
 
-class SQLite:
-    def __init__(self, path: str, readers: int = 2) -> None:
-        sqlite3.register_adapter(datetime, sqlite_time)
-        self.path = path
-        self.reader_count = readers
-        self.readers: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
-        self.write_lock = asyncio.Lock()
-        self.connections: list[aiosqlite.Connection] = []
+class SQLiteConnection:
+    """A sqlite3 connection that only a thread of its own uses, so the event loop never waits
+    on SQLite (aiosqlite's design, without the dependency)."""
 
-    async def _connect(self) -> aiosqlite.Connection:
-        conn = await aiosqlite.connect(self.path, isolation_level=None)
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.thread = ThreadPoolExecutor(max_workers=1)
+
+    async def call(self, function: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.thread, function, *args)
+
+    def _open(self) -> None:
+        self.conn = sqlite3.connect(self.path, isolation_level=None)
         for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=30000"):
-            await conn.execute(f"PRAGMA {pragma}")
-        await conn.execute("PRAGMA foreign_keys=ON")
-        self.connections.append(conn)
-        return conn
+            self.conn.execute(f"PRAGMA {pragma}")
+        self.conn.execute("PRAGMA foreign_keys=ON")
+
+    def _rows(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        return self.conn.execute(sqlite_sql(sql), params).fetchall()
+
+    def _many(self, sql: str, rows: list[dict[str, Any]]) -> None:
+        self.conn.executemany(sqlite_sql(sql), rows)
 
     async def open(self) -> None:
-        self.write_conn = await self._connect()
-        for _ in range(self.reader_count):
-            self.readers.put_nowait(await self._connect())
+        await self.call(self._open)
 
     async def close(self) -> None:
-        for conn in self.connections:
+        await self.call(self.conn.close)
+        self.thread.shutdown()
+
+    async def execute(self, sql: str, params: dict[str, Any] | None = None) -> list[Any]:
+        return await self.call(self._rows, sql, params or {})
+
+    async def executemany(self, sql: str, rows: list[dict[str, Any]]) -> None:
+        await self.call(self._many, sql, rows)
+
+
+class SQLiteCursor:
+    """The writer connection behind psycopg's cursor calls (execute, fetchone, executemany)."""
+
+    def __init__(self, connection: SQLiteConnection) -> None:
+        self.connection = connection
+        self.rows: list[Any] = []
+
+    async def execute(self, sql: str, params: dict[str, Any]) -> None:
+        self.rows = await self.connection.execute(sql, params)
+
+    async def executemany(self, sql: str, rows: list[dict[str, Any]]) -> None:
+        await self.connection.executemany(sql, rows)
+
+    async def fetchone(self) -> Any:
+        return self.rows[0] if self.rows else None
+
+
+class SQLite:
+    """One writer connection behind an asyncio.Lock, two readers (WAL lets them run beside it)."""
+
+    def __init__(self, path: str, readers: int = 2) -> None:
+        sqlite3.register_adapter(datetime, sqlite_time)
+        self.writer_connection = SQLiteConnection(path)
+        self.reader_connections = [SQLiteConnection(path) for _ in range(readers)]
+        self.readers: asyncio.Queue[SQLiteConnection] = asyncio.Queue()
+        self.write_lock = asyncio.Lock()
+
+    async def open(self) -> None:
+        for conn in (self.writer_connection, *self.reader_connections):
+            await conn.open()
+        for conn in self.reader_connections:
+            self.readers.put_nowait(conn)
+
+    async def close(self) -> None:
+        for conn in (self.writer_connection, *self.reader_connections):
             await conn.close()
 
     @asynccontextmanager
     async def writer(self) -> AsyncIterator[Any]:
         async with self.write_lock:
-            await self.write_conn.execute("BEGIN IMMEDIATE")
+            await self.writer_connection.execute("BEGIN IMMEDIATE")
             try:
-                yield SQLiteCursor(await self.write_conn.cursor())
+                yield SQLiteCursor(self.writer_connection)
             except BaseException:
-                await self.write_conn.execute("ROLLBACK")
+                await self.writer_connection.execute("ROLLBACK")
                 raise
-            await self.write_conn.execute("COMMIT")
+            await self.writer_connection.execute("COMMIT")
 
     async def fetch(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         conn = await self.readers.get()
         try:
-            rows = await conn.execute_fetchall(sqlite_sql(sql), params)
-            return cast(list[tuple[Any, ...]], rows)
+            return await conn.execute(sql, params)
         finally:
             self.readers.put_nowait(conn)
-
-
-class SQLiteCursor:
-    """An aiosqlite cursor that takes the statements as written for psycopg."""
-
-    def __init__(self, cursor: aiosqlite.Cursor) -> None:
-        self.cursor = cursor
-
-    async def execute(self, sql: str, params: dict[str, Any]) -> None:
-        await self.cursor.execute(sqlite_sql(sql), params)
-
-    async def executemany(self, sql: str, rows: list[dict[str, Any]]) -> None:
-        await self.cursor.executemany(sqlite_sql(sql), rows)
-
-    async def fetchone(self) -> Any:
-        return await self.cursor.fetchone()
 
 
 def open_database(url: str) -> Postgres | SQLite:
