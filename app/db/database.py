@@ -34,7 +34,7 @@ import json
 import re
 import select
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from functools import partial
@@ -97,8 +97,8 @@ def sql(text: str, *, lock: bool = False, postgres: str | None = None) -> Statem
 class Transaction(Protocol):
     """What a unit of work sees: statements in, tuples out."""
 
-    async def execute(self, statement: Statement, params: Params | None = None) -> int:
-        """Run a statement; return the number of rows it changed."""
+    async def execute(self, statement: Statement, params: Params | None = None) -> None:
+        """Run a statement whose result is not needed (it may be sent later, with others)."""
         ...
 
     async def executemany(self, statement: Statement, rows: Sequence[Params]) -> None: ...
@@ -165,9 +165,8 @@ class _PostgresTransaction:
     def __init__(self, cursor: psycopg.AsyncCursor[Row]) -> None:
         self._cursor = cursor
 
-    async def execute(self, statement: Statement, params: Params | None = None) -> int:
+    async def execute(self, statement: Statement, params: Params | None = None) -> None:
         await self._cursor.execute(statement.postgres, params)
-        return self._cursor.rowcount
 
     async def executemany(self, statement: Statement, rows: Sequence[Params]) -> None:
         if rows:
@@ -288,7 +287,14 @@ class PostgresDatabase:
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
-        async with self._connection() as connection, connection.transaction():
+        # Pipeline mode: statements whose results are not read yet travel together, so a
+        # transaction costs one round trip per result it needs (plus the COMMIT), not one per
+        # statement. An error surfaces at the next read or at COMMIT, and rolls back it all.
+        async with (
+            self._connection() as connection,
+            connection.pipeline(),
+            connection.transaction(),
+        ):
             yield _PostgresTransaction(connection.cursor())
 
     @contextlib.asynccontextmanager
@@ -368,53 +374,67 @@ class _SqliteConnection:
         self._thread.shutdown(wait=False)
 
 
-def _execute(connection: sqlite3.Connection, text: str, params: Params | None) -> int:
-    return connection.execute(text, params or {}).rowcount
+# One statement waiting to be sent with the next one that needs an answer: (text, parameters,
+# whether the parameters are a list of rows for executemany).
+_Pending = tuple[str, Any, bool]
 
 
-def _fetchall(connection: sqlite3.Connection, text: str, params: Params | None) -> list[Row]:
+def _run(
+    connection: sqlite3.Connection, pending: list[_Pending], text: str | None, params: Any
+) -> list[Row]:
+    """Run the statements queued so far, then ``text`` (if any), on the connection's thread."""
+    for queued, values, many in pending:
+        if many:
+            connection.executemany(queued, values)
+        else:
+            connection.execute(queued, values)
+    if text is None:
+        return []
+    # fetchall, even for one row: an INSERT .. RETURNING is complete only once every row is read.
     return connection.execute(text, params or {}).fetchall()
 
 
-def _fetchone(connection: sqlite3.Connection, text: str, params: Params | None) -> Row | None:
-    # fetchall, not fetchone: an INSERT .. RETURNING is complete only once every row is read.
-    rows = connection.execute(text, params or {}).fetchall()
-    return rows[0] if rows else None
-
-
-def _executemany(connection: sqlite3.Connection, text: str, rows: Iterable[Params]) -> None:
-    connection.executemany(text, rows)
+def _rollback(connection: sqlite3.Connection) -> None:
+    if connection.in_transaction:
+        connection.rollback()
 
 
 class _SqliteTransaction:
-    __slots__ = ("_connection",)
+    """Statements whose results are not needed are queued and sent with the next one that has
+    an answer to give (or at the end): one trip to the connection's thread for several
+    statements, as Postgres's pipeline mode saves round trips."""
 
-    def __init__(self, connection: _SqliteConnection) -> None:
+    __slots__ = ("_connection", "_pending")
+
+    def __init__(self, connection: _SqliteConnection, *first: _Pending) -> None:
         self._connection = connection
+        self._pending: list[_Pending] = list(first)
 
-    async def execute(self, statement: Statement, params: Params | None = None) -> int:
-        count: int = await self._connection.run(
-            _execute, self._connection.connection, statement.sqlite, params
-        )
-        return count
+    async def execute(self, statement: Statement, params: Params | None = None) -> None:
+        self._pending.append((statement.sqlite, params or {}, False))
 
     async def executemany(self, statement: Statement, rows: Sequence[Params]) -> None:
         if rows:
-            await self._connection.run(
-                _executemany, self._connection.connection, statement.sqlite, rows
-            )
+            self._pending.append((statement.sqlite, rows, True))
 
     async def fetchone(self, statement: Statement, params: Params | None = None) -> Row | None:
-        row: Row | None = await self._connection.run(
-            _fetchone, self._connection.connection, statement.sqlite, params
-        )
-        return row
+        rows = await self.fetchall(statement, params)
+        return rows[0] if rows else None
 
     async def fetchall(self, statement: Statement, params: Params | None = None) -> list[Row]:
+        pending, self._pending = self._pending, []
         rows: list[Row] = await self._connection.run(
-            _fetchall, self._connection.connection, statement.sqlite, params
+            _run, self._connection.connection, pending, statement.sqlite, params
         )
         return rows
+
+    async def finish(self, last: str) -> None:
+        """Send what is queued, then ``last`` (COMMIT, or nothing for a reader)."""
+        pending, self._pending = self._pending, []
+        if last:
+            pending.append((last, {}, False))
+        if pending:
+            await self._connection.run(_run, self._connection.connection, pending, None, None)
 
 
 class SqliteDatabase:
@@ -464,15 +484,16 @@ class SqliteDatabase:
             if self._writer is None:
                 self._writer = await self._connect()
             writer = self._writer
-            await writer.run(writer.connection.execute, "BEGIN IMMEDIATE")
+            # BEGIN IMMEDIATE travels with the transaction's first statement.
+            tx = _SqliteTransaction(writer, ("BEGIN IMMEDIATE", {}, False))
             try:
-                yield _SqliteTransaction(writer)
+                yield tx
+                with anyio.CancelScope(shield=True):
+                    await tx.finish("COMMIT")
             except BaseException:
                 with anyio.CancelScope(shield=True):
-                    await writer.run(writer.connection.rollback)
+                    await writer.run(_rollback, writer.connection)
                 raise
-            with anyio.CancelScope(shield=True):
-                await writer.run(writer.connection.commit)
         finally:
             self._write_lock.release()
 
@@ -480,7 +501,9 @@ class SqliteDatabase:
     async def reader(self) -> AsyncIterator[Transaction]:
         connection = await self._take_reader()
         try:
-            yield _SqliteTransaction(connection)
+            tx = _SqliteTransaction(connection)
+            yield tx
+            await tx.finish("")
         finally:
             self._idle.put_nowait(connection)
 
