@@ -16,9 +16,9 @@ from starlette.routing import BaseRoute, Route
 
 from app import health, monitoring
 from app.api import actions, connections, openapi
-from app.api.auth import configured_key_hashes
+from app.api.auth import ApiKeyCache, configured_key_hashes
 from app.connections.reconcile import run_schedule
-from app.db.engine import create_engine, create_reader, create_sessionmaker
+from app.db.database import create_database
 from app.errors import EXCEPTION_HANDLERS
 from app.logs import get_logger
 from app.middleware import RequestContextMiddleware
@@ -75,12 +75,12 @@ def _routes() -> list[BaseRoute]:
 
 def _start_reconcile_schedule(state: AppState) -> asyncio.Task[None] | None:
     interval = state.settings.reconcile_interval_seconds
-    if interval is None or state.nango is None or not state.nango.configured:
+    if interval is None or not state.nango.configured:
         return None
     log.info("reconcile_scheduled", interval_seconds=interval)
     return asyncio.create_task(
         run_schedule(
-            sessionmaker=state.sessionmaker,
+            database=state.database,
             nango=state.nango,
             environment=state.settings.nango_environment,
             interval_seconds=interval,
@@ -96,7 +96,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        engine = create_engine(settings)
+        database = create_database(settings)
+        await database.open()
         http = httpx2.AsyncClient(
             timeout=httpx2.Timeout(settings.nango_timeout_seconds, connect=5.0),
             limits=httpx2.Limits(max_connections=20, max_keepalive_connections=10),
@@ -104,26 +105,23 @@ def create_app(
         )
         app.state.registry = AppState(
             settings=settings,
-            engine=engine,
-            sessionmaker=create_sessionmaker(engine),
-            reader=create_reader(engine),
-            http=http,
+            database=database,
+            api_keys=ApiKeyCache(database, configured_key_hashes(settings)),
             nango=NangoClient.from_settings(settings, http),
-            api_key_hashes=configured_key_hashes(settings),
         )
-        log.info("started", database=engine.url.get_backend_name())
+        log.info("started", database=database.dialect)
         schedule = _start_reconcile_schedule(app.state.registry)
         if schedule is not None:
             app.state.registry.background.append(schedule)
         try:
             yield
         finally:
-            if schedule is not None:
-                schedule.cancel()
+            for task in app.state.registry.background:
+                task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await schedule
+                    await task
             await http.aclose()
-            await engine.dispose()
+            await database.close()
             log.info("stopped")
 
     return Starlette(

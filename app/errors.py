@@ -21,14 +21,15 @@ carries no detail.
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
-from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+import psycopg
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from app.db.database import DatabaseTimeout
 from app.logs import get_logger
 from app.metrics import DATABASE_ERRORS, route_template
 
@@ -139,15 +140,23 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, code, str(exc.detail), headers=headers)
 
 
-# Failures of the database itself, as opposed to a bug or a constraint violation.
-DATABASE_UNAVAILABLE = (OperationalError, InterfaceError, DisconnectionError, PoolTimeoutError)
+# Failures of the database itself (worth a retry), as opposed to a bug or a constraint
+# violation: the server is unreachable or went away (psycopg's OperationalError, its pool's
+# PoolTimeout included), the connection is unusable, SQLite's file is locked or unreadable,
+# or no connection was free in time.
+DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    sqlite3.OperationalError,
+    DatabaseTimeout,
+)
+# Anything the drivers raise, for the webhook receiver, which answers 503 to all of it.
+DRIVER_ERRORS: tuple[type[Exception], ...] = (psycopg.Error, sqlite3.Error, DatabaseTimeout)
 
 
 def is_database_unavailable(error: BaseException) -> bool:
     """The database itself failed (worth a retry), as opposed to this request's data or a bug."""
-    if isinstance(error, DATABASE_UNAVAILABLE):
-        return True
-    return isinstance(error, DBAPIError) and error.connection_invalidated
+    return isinstance(error, DATABASE_UNAVAILABLE)
 
 
 RETRY_AFTER_SECONDS = "5"

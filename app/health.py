@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from sqlalchemy import text
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from app.db.migrate import current_revision, head_revision
+from app.db.database import is_missing_table, sql
+from app.db.migrate import head_revision
 from app.logs import get_logger
 from app.state import app_state
 
 log = get_logger(__name__)
+
+SCHEMA_REVISION = sql("SELECT version_num FROM alembic_version")
 
 
 async def healthz(request: Request) -> JSONResponse:
@@ -18,17 +20,20 @@ async def healthz(request: Request) -> JSONResponse:
 
 
 async def readyz(request: Request) -> JSONResponse:
-    engine = app_state(request).engine
+    database = app_state(request).database
     expected = head_revision()
     try:
-        async with engine.connect() as connection:
-            await connection.execute(text("SELECT 1"))
-            revision = await current_revision(connection)
+        async with database.reader() as tx:
+            row = await tx.fetchone(SCHEMA_REVISION)
     except Exception as error:  # any driver or network failure means "not ready"
-        log.warning("not_ready", reason="database_unreachable", error_type=type(error).__name__)
-        return JSONResponse(
-            {"status": "unavailable", "reason": "database unreachable"}, status_code=503
-        )
+        if is_missing_table(error):
+            row = None
+        else:
+            log.warning("not_ready", reason="database_unreachable", error_type=type(error).__name__)
+            return JSONResponse(
+                {"status": "unavailable", "reason": "database unreachable"}, status_code=503
+            )
+    revision = None if row is None else row[0]
     if revision != expected:
         reason = f"schema at revision {revision or 'none'}, expected {expected}: run migrations"
         return JSONResponse({"status": "unavailable", "reason": reason}, status_code=503)

@@ -22,10 +22,11 @@ class SigningKey:
 
 
 def normalise_database_url(url: str) -> str:
-    """Return the async SQLAlchemy URL for a user-facing database URL.
+    """Return the one spelling of a user-facing database URL that every part of the app reads.
 
-    Heroku and Render hand out ``postgres://`` URLs, which SQLAlchemy no longer accepts; every
-    Postgres spelling is mapped to psycopg 3 and every SQLite spelling to aiosqlite.
+    Heroku and Render hand out ``postgres://`` URLs, which SQLAlchemy (used by the migrations)
+    no longer accepts; every Postgres spelling is mapped to psycopg 3 and every SQLite spelling
+    to the standard library's driver.
     """
     url = url.strip()
     scheme, sep, rest = url.partition("://")
@@ -35,7 +36,7 @@ def normalise_database_url(url: str) -> str:
     if base in {"postgres", "postgresql"}:
         return f"postgresql+psycopg://{rest}"
     if base == "sqlite":
-        return f"sqlite+aiosqlite://{rest}"
+        return f"sqlite://{rest}"
     raise ValueError(f"unsupported scheme {scheme!r}: use postgresql:// or sqlite://")
 
 

@@ -781,7 +781,7 @@ def time_reconcile(database_url: str, size: int) -> tuple[float, float]:
     import httpx2
 
     from app.connections.reconcile import reconcile as run_reconcile
-    from app.db.engine import create_engine, create_sessionmaker
+    from app.db.database import connected
     from app.nango.client import NangoClient
     from app.settings import Settings
     from tests.fakes.nango import FakeNango
@@ -801,10 +801,10 @@ def time_reconcile(database_url: str, size: int) -> tuple[float, float]:
         _env_file=None,  # type: ignore[call-arg]
     )
 
-    async def timed(nango: NangoClient, sessionmaker: Any) -> tuple[float, Any]:
+    async def timed(nango: NangoClient, database: Any) -> tuple[float, Any]:
         started = time.perf_counter()
         counts = await run_reconcile(
-            sessionmaker=sessionmaker,
+            database=database,
             nango=nango,
             environment=settings.nango_environment,
             trigger="bench",
@@ -812,20 +812,18 @@ def time_reconcile(database_url: str, size: int) -> tuple[float, float]:
         return time.perf_counter() - started, counts
 
     async def twice() -> tuple[float, float]:
-        engine = create_engine(settings)
-        try:
-            async with httpx2.AsyncClient(transport=fake.transport()) as http:
-                nango = NangoClient.from_settings(settings, http)
-                sessionmaker = create_sessionmaker(engine)
-                first, counts = await timed(nango, sessionmaker)
-                if counts is None or counts.created != size:
-                    raise BenchError(f"reconcile created {counts} of {size} connections")
-                second, again = await timed(nango, sessionmaker)
-                if again is None or (again.created, again.updated, again.deleted) != (0, 0, 0):
-                    raise BenchError(f"a second reconcile changed something: {again}")
-                return first, second
-        finally:
-            await engine.dispose()
+        async with (
+            connected(settings) as database,
+            httpx2.AsyncClient(transport=fake.transport()) as http,
+        ):
+            nango = NangoClient.from_settings(settings, http)
+            first, counts = await timed(nango, database)
+            if counts is None or counts.created != size:
+                raise BenchError(f"reconcile created {counts} of {size} connections")
+            second, again = await timed(nango, database)
+            if again is None or (again.created, again.updated, again.deleted) != (0, 0, 0):
+                raise BenchError(f"a second reconcile changed something: {again}")
+            return first, second
 
     return asyncio.run(twice())
 

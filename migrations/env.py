@@ -1,15 +1,12 @@
-"""Alembic environment: the database URL comes from app.settings, the schema from app.db.models."""
+"""Alembic environment: the database URL comes from app.settings, the schema from app.db.tables."""
 
 from __future__ import annotations
 
-import asyncio
-
 from alembic import context
-from sqlalchemy import Connection, pool
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy import Connection, create_engine, pool
 from sqlmodel import SQLModel
 
-from app.db import models  # noqa: F401  (registers the tables on the metadata)
+from app.db import tables  # noqa: F401  (registers the tables on the metadata)
 from app.settings import load_settings
 
 target_metadata = SQLModel.metadata
@@ -33,13 +30,13 @@ def _run(connection: Connection) -> None:
         context.run_migrations()
 
 
-async def _run_online() -> None:
-    engine = create_async_engine(_database_url(), poolclass=pool.NullPool)
+def _run_online() -> None:
+    engine = create_engine(_database_url(), poolclass=pool.NullPool)
     try:
-        async with engine.connect() as connection:
-            await connection.run_sync(_run)
+        with engine.connect() as connection:
+            _run(connection)
     finally:
-        await engine.dispose()
+        engine.dispose()
 
 
 if context.is_offline_mode():
@@ -47,4 +44,4 @@ if context.is_offline_mode():
     with context.begin_transaction():
         context.run_migrations()
 else:
-    asyncio.run(_run_online())
+    _run_online()

@@ -7,10 +7,10 @@ from typing import Any
 
 from sqlalchemy import Engine, insert, select
 
-from app.db.models import Connection, ConnectionEvent
+from app.db.tables import ConnectionEventTable, ConnectionTable
 
-CONNECTIONS: Any = Connection.__table__
-EVENTS: Any = ConnectionEvent.__table__
+CONNECTIONS: Any = ConnectionTable.__table__
+EVENTS: Any = ConnectionEventTable.__table__
 
 
 def insert_connection(engine: Engine, **values: Any) -> None:

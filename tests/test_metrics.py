@@ -117,14 +117,14 @@ def test_metrics_can_be_disabled(make_settings: Any, auth_headers: dict[str, str
 
 
 def test_an_unreachable_database_is_503_and_counted(make_settings: Any) -> None:
-    from sqlalchemy import text
     from starlette.routing import Route
 
+    from app.db.database import sql
     from app.state import app_state
 
     async def probe(request: Any) -> Any:
-        async with app_state(request).engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
+        async with app_state(request).database.reader() as tx:
+            await tx.fetchone(sql("SELECT 1"))
         raise AssertionError("unreachable")
 
     settings = make_settings(

@@ -14,8 +14,8 @@ from app.settings import Settings, SigningKey, load_settings, normalise_database
         ("postgres://u:p@h:5432/db", "postgresql+psycopg://u:p@h:5432/db"),
         ("postgresql://u@h/db?sslmode=require", "postgresql+psycopg://u@h/db?sslmode=require"),
         ("postgresql+psycopg2://u@h/db", "postgresql+psycopg://u@h/db"),
-        ("sqlite:///./x.db", "sqlite+aiosqlite:///./x.db"),
-        ("sqlite:////abs/x.db", "sqlite+aiosqlite:////abs/x.db"),
+        ("sqlite:///./x.db", "sqlite:///./x.db"),
+        ("sqlite:////abs/x.db", "sqlite:////abs/x.db"),
     ],
 )
 def test_database_urls_are_normalised(given: str, expected: str) -> None:
@@ -25,7 +25,7 @@ def test_database_urls_are_normalised(given: str, expected: str) -> None:
 def test_defaults_use_sqlite_in_the_working_directory(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DATABASE_URL", raising=False)
     settings = Settings(_env_file=None)  # type: ignore[call-arg]
-    assert settings.database_url == "sqlite+aiosqlite:///./nango-registry.db"
+    assert settings.database_url == "sqlite:///./nango-registry.db"
     assert settings.is_sqlite
     assert settings.webhook_max_body_bytes == 2 * 1024 * 1024
 

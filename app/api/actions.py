@@ -34,16 +34,15 @@ from starlette.routing import BaseRoute, Route
 from app.api import openapi
 from app.api.auth import require_api_key
 from app.api.schemas import connection_to_json, reject_unknown_parameters
+from app.connections import store
+from app.connections.model import (
+    ATTRIBUTION_FIELDS,
+    Connection,
+    ConnectionStatus,
+    clean_text,
+)
 from app.connections.queries import get_connection
 from app.connections.reconcile import ReconcileBusy, reconcile
-from app.connections.store import (
-    ATTRIBUTION_FIELDS,
-    change_status,
-    clean_text,
-    lock_connection,
-)
-from app.db.engine import unit_of_work
-from app.db.models import Connection, ConnectionStatus
 from app.errors import (
     BadRequest,
     Conflict,
@@ -136,9 +135,7 @@ class LegacyHmacRequest(_Strict):
 
 
 def _nango(request: Request) -> NangoClient:
-    nango = app_state(request).nango
-    assert nango is not None, "lifespan builds the Nango client"
-    return nango
+    return app_state(request).nango
 
 
 @contextmanager
@@ -246,9 +243,9 @@ async def create_reconnect_session(request: Request) -> JSONResponse:
     await _write_request(request, query=None)
     payload = _validate(ReconnectRequest, await _json_body(request, optional=True))
     state = app_state(request)
-    async with state.sessionmaker() as session:
+    async with state.database.reader() as tx:
         connection = await get_connection(
-            session,
+            tx,
             environment=state.settings.nango_environment,
             connection_id=request.path_params["connection_id"],
             integration_id=_integration_id(request, payload.integration_id),
@@ -290,9 +287,9 @@ async def delete_connection(request: Request) -> JSONResponse:
     state = app_state(request)
     environment = state.settings.nango_environment
     connection_id = request.path_params["connection_id"]
-    async with state.sessionmaker() as session:
+    async with state.database.reader() as tx:
         connection = await get_connection(
-            session,
+            tx,
             environment=environment,
             connection_id=connection_id,
             integration_id=_integration_id(request),
@@ -307,18 +304,21 @@ async def delete_connection(request: Request) -> JSONResponse:
             if error.code != "unknown_connection":
                 raise
             # Nango no longer has it: deleted already, the outcome the caller asked for.
-    async with unit_of_work(state.sessionmaker) as session:
-        locked, _ = await lock_connection(
-            session,
-            environment=environment,
-            integration_id=connection.integration_id,
-            connection_id=connection.connection_id,
-        )
-        if locked.status != ConnectionStatus.DELETED:
-            await change_status(
-                session,
-                connection=locked,
+    async with state.database.transaction() as tx:
+        locked, created = await store.lock_connection(
+            tx,
+            store.new_connection_values(
+                environment=environment,
+                integration_id=connection.integration_id,
+                connection_id=connection.connection_id,
                 status=ConnectionStatus.DELETED,
+            ),
+        )
+        if created or locked.status != ConnectionStatus.DELETED:
+            await store.change_status(
+                tx,
+                locked,
+                ConnectionStatus.DELETED,
                 source="api",
                 action="deletion",
                 success=True,
@@ -333,7 +333,7 @@ async def run_reconcile(request: Request) -> JSONResponse:
     with nango_errors():
         try:
             counts = await reconcile(
-                sessionmaker=state.sessionmaker,
+                database=state.database,
                 nango=_nango(request),
                 environment=state.settings.nango_environment,
                 trigger="api",

@@ -1,23 +1,47 @@
 """Bearer API keys: ``REGISTRY_API_KEYS`` (full access) and keys managed in the database.
 
-Only SHA-256 hashes of keys are stored or compared. A key is compared by hash in constant time,
-so the comparison time does not depend on how much of a guessed key is right.
+Only SHA-256 hashes of keys are stored or compared. A key is looked up by its hash, so the
+time taken does not depend on how much of a guessed key is right.
+
+Keys kept in the database are checked without a query per request: each process keeps the
+live keys in memory (``ApiKeyCache``) and reloads them at most every ``REFRESH_SECONDS``, so a
+revocation takes effect on every instance within that time. A key not in memory makes the
+process reload at once (at most once a second), so a key created a moment ago works on its
+first request, and a stream of wrong keys costs one small query a second, not one each.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
-import hmac
 import secrets
+import time
 from dataclasses import dataclass
+from datetime import datetime
 
-from sqlmodel import col, select
 from starlette.requests import Request
 
-from app.db.models import ApiKey
+from app.db.database import Database, sql
+from app.db.types import utcnow
 from app.errors import Forbidden, Unauthorized
 from app.settings import Settings
 from app.state import app_state
+
+# A revoked key stops working on every instance within this many seconds (README).
+REFRESH_SECONDS = 4.0
+# How often a miss may trigger a reload.
+MISS_RELOAD_SECONDS = 1.0
+
+LIVE_KEYS = sql("SELECT key_hash, name, read_only FROM api_keys WHERE revoked_at IS NULL")
+CREATE_KEY = sql(
+    "INSERT INTO api_keys (name, key_hash, read_only, created_at)"
+    " VALUES (:name, :key_hash, :read_only, :now) ON CONFLICT DO NOTHING RETURNING id"
+)
+ALL_KEYS = sql(
+    "SELECT name, read_only, created_at, last_used_at, revoked_at FROM api_keys ORDER BY name"
+)
+FIND_KEY = sql("SELECT revoked_at FROM api_keys WHERE name = :name", lock=True)
+REVOKE_KEY = sql("UPDATE api_keys SET revoked_at = :now WHERE name = :name")
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,12 +54,90 @@ def hash_key(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()
 
 
-def configured_key_hashes(settings: Settings) -> tuple[str, ...]:
-    return tuple(hash_key(key.get_secret_value()) for key in settings.registry_api_keys)
+def configured_key_hashes(settings: Settings) -> dict[str, Principal]:
+    """``REGISTRY_API_KEYS`` by hash; they are named ``env:1``, ``env:2``... in logs."""
+    return {
+        hash_key(key.get_secret_value()): Principal(name=f"env:{index}", read_only=False)
+        for index, key in enumerate(settings.registry_api_keys, start=1)
+    }
 
 
 def generate_key() -> str:
     return "nreg_" + secrets.token_urlsafe(32)
+
+
+class ApiKeyCache:
+    """The keys this process accepts: the configured ones, and the live ones in the database."""
+
+    def __init__(self, database: Database, configured: dict[str, Principal]) -> None:
+        self._database = database
+        self._configured = configured
+        self._stored: dict[str, Principal] = {}
+        self._loaded_at = -1e9
+        self._reloading: asyncio.Task[None] | None = None
+
+    async def find(self, digest: str) -> Principal | None:
+        configured = self._configured.get(digest)
+        if configured is not None:
+            return configured
+        if time.monotonic() - self._loaded_at > REFRESH_SECONDS:
+            await self._reload()
+        found = self._stored.get(digest)
+        if found is None and time.monotonic() - self._loaded_at > MISS_RELOAD_SECONDS:
+            await self._reload()
+            found = self._stored.get(digest)
+        return found
+
+    async def _reload(self) -> None:
+        # One query at a time, however many requests find the keys stale at once.
+        if self._reloading is None or self._reloading.done():
+            self._reloading = asyncio.ensure_future(self._load())
+        await asyncio.shield(self._reloading)
+
+    async def _load(self) -> None:
+        async with self._database.reader() as tx:
+            rows = await tx.fetchall(LIVE_KEYS)
+        self._stored = {key_hash: Principal(name, bool(ro)) for key_hash, name, ro in rows}
+        self._loaded_at = time.monotonic()
+
+
+@dataclass(frozen=True, slots=True)
+class StoredKey:
+    """What ``api-keys list`` shows of a key: never its secret, nor its hash."""
+
+    name: str
+    read_only: bool
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+async def create_api_key(database: Database, *, name: str, read_only: bool) -> str | None:
+    """Store a new key's hash; return the key (shown once), or None if the name is taken."""
+    key = generate_key()
+    async with database.transaction() as tx:
+        row = await tx.fetchone(
+            CREATE_KEY,
+            {"name": name, "key_hash": hash_key(key), "read_only": read_only, "now": utcnow()},
+        )
+    return None if row is None else key
+
+
+async def list_api_keys(database: Database) -> list[StoredKey]:
+    async with database.reader() as tx:
+        return [StoredKey(*row) for row in await tx.fetchall(ALL_KEYS)]
+
+
+async def revoke_api_key(database: Database, *, name: str) -> str:
+    """``revoked``, ``already`` (revoked before) or ``unknown``."""
+    async with database.transaction() as tx:
+        row = await tx.fetchone(FIND_KEY, {"name": name})
+        if row is None:
+            return "unknown"
+        if row[0] is not None:
+            return "already"
+        await tx.execute(REVOKE_KEY, {"name": name, "now": utcnow()})
+        return "revoked"
 
 
 def _bearer(request: Request) -> str:
@@ -52,23 +154,7 @@ def _bearer(request: Request) -> str:
 
 async def authenticate(request: Request) -> Principal:
     digest = hash_key(_bearer(request))
-    state = app_state(request)
-    match: Principal | None = None
-    # Every configured key is compared, so the time taken does not reveal which one matched.
-    for index, configured in enumerate(state.api_key_hashes, start=1):
-        if hmac.compare_digest(digest, configured):
-            match = Principal(name=f"env:{index}", read_only=False)
-    if match is None:
-        async with state.reader() as session:
-            row = (
-                await session.execute(
-                    select(col(ApiKey.name), col(ApiKey.read_only)).where(
-                        col(ApiKey.key_hash) == digest, col(ApiKey.revoked_at).is_(None)
-                    )
-                )
-            ).first()
-        if row is not None:
-            match = Principal(name=row.name, read_only=row.read_only)
+    match = await app_state(request).api_keys.find(digest)
     if match is None:
         raise Unauthorized("invalid API key", headers={"WWW-Authenticate": "Bearer"})
     request.scope.setdefault("state", {})["api_key"] = match.name

@@ -6,11 +6,9 @@ Every route authenticates first (a bad key is a 401 before any 400) and is count
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from functools import wraps
 
-from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -28,7 +26,8 @@ from app.api.schemas import (
     storable,
 )
 from app.connections import queries
-from app.db.models import Connection
+from app.connections.model import Connection
+from app.db.database import Transaction
 from app.errors import NotFound
 from app.logs import get_logger
 from app.metrics import LOOKUPS
@@ -53,21 +52,15 @@ def lookup(route: str) -> Callable[[Handler], Handler]:
     return decorate
 
 
-@asynccontextmanager
-async def _session(request: Request) -> AsyncIterator[AsyncSession]:
-    async with app_state(request).reader() as session:
-        yield session
-
-
 async def _addressed_connection(
-    session: AsyncSession, request: Request, selector: ConnectionSelector
+    tx: Transaction, request: Request, selector: ConnectionSelector
 ) -> Connection:
     """The connection the path (and ``integration_id`` / ``environment``) names."""
     connection_id = request.path_params["connection_id"]
     if not storable(connection_id):
         raise NotFound(f"no connection {connection_id!r}", code="connection_not_found")
     return await queries.get_connection(
-        session,
+        tx,
         connection_id=connection_id,
         integration_id=selector.integration_id,
         environment=selector.environment,
@@ -83,9 +76,9 @@ async def list_connections(request: Request) -> JSONResponse:
         after_id = cursors.decode_cursor(
             settings, route="connections", cursor=query.cursor, scope=query.scope()
         )
-    async with _session(request) as session:
+    async with app_state(request).database.reader() as tx:
         page = await queries.find_connections(
-            session, limit=query.limit, after_id=after_id, **query.scope()
+            tx, limit=query.limit, after_id=after_id, **query.scope()
         )
     next_cursor = None
     if page.next_after_id is not None:
@@ -100,8 +93,8 @@ async def list_connections(request: Request) -> JSONResponse:
 @lookup("get_connection")
 async def get_connection(request: Request) -> JSONResponse:
     selector = parse_selector(request.query_params)
-    async with _session(request) as session:
-        connection = await _addressed_connection(session, request, selector)
+    async with app_state(request).database.reader() as tx:
+        connection = await _addressed_connection(tx, request, selector)
     return JSONResponse({"data": connection_to_json(connection)})
 
 
@@ -110,17 +103,16 @@ async def connection_events(request: Request) -> JSONResponse:
     selector = parse_selector(request.query_params, paginated=True)
     page_query = parse_page(request.query_params)
     settings = app_state(request).settings
-    async with _session(request) as session:
-        connection = await _addressed_connection(session, request, selector)
-        assert connection.id is not None
+    async with app_state(request).database.reader() as tx:
+        connection = await _addressed_connection(tx, request, selector)
         scope = {"connection": connection.id}
         after_id = None
         if page_query.cursor is not None:
             after_id = cursors.decode_cursor(
                 settings, route="events", cursor=page_query.cursor, scope=scope
             )
-        page = await queries.find_connection_events(
-            session, connection_pk=connection.id, limit=page_query.limit, after_id=after_id
+        page = await queries.find_history(
+            tx, connection_pk=connection.id, limit=page_query.limit, after_id=after_id
         )
     next_cursor = None
     if page.next_after_id is not None:
@@ -129,7 +121,7 @@ async def connection_events(request: Request) -> JSONResponse:
         )
     return JSONResponse(
         {
-            "data": [event_to_json(event, delivery) for event, delivery in page.items],
+            "data": [event_to_json(entry) for entry in page.items],
             "next_cursor": next_cursor,
         }
     )
@@ -141,9 +133,9 @@ async def end_user_summary(request: Request) -> JSONResponse:
     end_user_id = request.path_params["end_user_id"]
     summaries: list[queries.IntegrationSummary] = []
     if storable(end_user_id):
-        async with _session(request) as session:
+        async with app_state(request).database.reader() as tx:
             summaries = await queries.end_user_summary(
-                session, end_user_id=end_user_id, environment=environment
+                tx, end_user_id=end_user_id, environment=environment
             )
     return JSONResponse(
         {

@@ -15,8 +15,8 @@ from typing import Any
 
 from starlette.datastructures import QueryParams
 
-from app.connections.queries import LISTED_BY_DEFAULT, ConnectionFilters
-from app.db.models import Connection, ConnectionEvent, ConnectionStatus, Delivery
+from app.connections.model import Connection, ConnectionStatus
+from app.connections.queries import LISTED_BY_DEFAULT, ConnectionFilters, HistoryEntry
 from app.errors import BadRequest
 
 DEFAULT_LIMIT = 50
@@ -78,7 +78,8 @@ def connection_to_json(connection: Connection) -> dict[str, Any]:
     }
 
 
-def event_to_json(event: ConnectionEvent, delivery: Delivery | None) -> dict[str, Any]:
+def event_to_json(event: HistoryEntry) -> dict[str, Any]:
+    delivery = event.delivery
     return {
         "id": event.id,
         "source": event.source,

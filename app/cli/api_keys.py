@@ -1,7 +1,7 @@
 """``nango-registry api-keys create|list|revoke``: API keys kept in the database.
 
 A new key is printed once, on stdout, and only its SHA-256 is stored; ``list`` never shows a
-hash. Revocation takes effect on the next request (keys are looked up on every request).
+hash. A revocation takes effect on every running instance within seconds (``app.api.auth``).
 """
 
 from __future__ import annotations
@@ -12,13 +12,8 @@ import re
 import sys
 from typing import Any
 
-from sqlalchemy.exc import IntegrityError
-from sqlmodel import col, select
-
-from app.api.auth import generate_key, hash_key
-from app.db.engine import create_engine, create_sessionmaker, unit_of_work
-from app.db.models import ApiKey
-from app.db.types import utcnow
+from app.api.auth import StoredKey, create_api_key, list_api_keys, revoke_api_key
+from app.db.database import connected
 from app.logs import configure_logging, get_logger
 from app.settings import Settings, load_settings
 
@@ -62,10 +57,8 @@ def _fail(message: str) -> int:
 def run_create(args: argparse.Namespace) -> int:
     if not _NAME.match(args.name):
         return _fail("--name: letters, digits and ._- only, starting with a letter or digit")
-    key = generate_key()
-    try:
-        asyncio.run(_create(_settings(), name=args.name, key=key, read_only=args.read_only))
-    except IntegrityError:
+    key = asyncio.run(_create(_settings(), name=args.name, read_only=args.read_only))
+    if key is None:
         return _fail(f"a key named {args.name!r} exists (names are never reused); pick another")
     log.info("api_key_created", name=args.name, read_only=args.read_only)
     print(key)
@@ -94,37 +87,16 @@ def run_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _create(settings: Settings, *, name: str, key: str, read_only: bool) -> None:
-    engine = create_engine(settings)
-    try:
-        async with unit_of_work(create_sessionmaker(engine)) as session:
-            session.add(ApiKey(name=name, key_hash=hash_key(key), read_only=read_only))
-    finally:
-        await engine.dispose()
+async def _create(settings: Settings, *, name: str, read_only: bool) -> str | None:
+    async with connected(settings) as database:
+        return await create_api_key(database, name=name, read_only=read_only)
 
 
-async def _list(settings: Settings) -> list[ApiKey]:
-    engine = create_engine(settings)
-    try:
-        async with create_sessionmaker(engine)() as session:
-            result = await session.execute(select(ApiKey).order_by(col(ApiKey.name)))
-            return list(result.scalars().all())
-    finally:
-        await engine.dispose()
+async def _list(settings: Settings) -> list[StoredKey]:
+    async with connected(settings) as database:
+        return await list_api_keys(database)
 
 
 async def _revoke(settings: Settings, *, name: str) -> str:
-    engine = create_engine(settings)
-    try:
-        async with unit_of_work(create_sessionmaker(engine)) as session:
-            row = (
-                await session.execute(select(ApiKey).where(col(ApiKey.name) == name))
-            ).scalar_one_or_none()
-            if row is None:
-                return "unknown"
-            if row.revoked_at is not None:
-                return "already"
-            row.revoked_at = utcnow()
-            return "revoked"
-    finally:
-        await engine.dispose()
+    async with connected(settings) as database:
+        return await revoke_api_key(database, name=name)

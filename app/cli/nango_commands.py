@@ -17,7 +17,7 @@ import httpx2
 
 from app.connections.legacy_import import CsvHeaderError, import_rows, parse_legacy_csv
 from app.connections.reconcile import ReconcileBusy, reconcile
-from app.db.engine import create_engine, create_sessionmaker
+from app.db.database import connected
 from app.logs import configure_logging
 from app.nango.client import NangoError, open_nango_client
 from app.settings import Settings, load_settings
@@ -50,11 +50,13 @@ def run_reconcile(args: argparse.Namespace) -> int:
 async def reconcile_command(
     settings: Settings, *, transport: httpx2.AsyncBaseTransport | None = None
 ) -> int:
-    engine = create_engine(settings)
     try:
-        async with open_nango_client(settings, transport=transport) as nango:
+        async with (
+            connected(settings) as database,
+            open_nango_client(settings, transport=transport) as nango,
+        ):
             counts = await reconcile(
-                sessionmaker=create_sessionmaker(engine),
+                database=database,
                 nango=nango,
                 environment=settings.nango_environment,
                 trigger="cli",
@@ -62,8 +64,6 @@ async def reconcile_command(
     except (NangoError, ReconcileBusy) as error:
         _print({"error": str(error)})
         return 1
-    finally:
-        await engine.dispose()
     assert counts is not None
     _print({"environment": settings.nango_environment, "counts": counts.as_dict()})
     return 0
@@ -97,11 +97,8 @@ async def import_command(settings: Settings, text: str) -> int:
             }
         )
         return 1
-    engine = create_engine(settings)
-    try:
-        created, updated = await import_rows(create_sessionmaker(engine), rows=rows)
-    finally:
-        await engine.dispose()
+    async with connected(settings) as database:
+        created, updated = await import_rows(database, rows=rows)
     _print(
         {
             "imported": len(rows),

@@ -1,4 +1,4 @@
-"""``nango-registry replay``: re-apply stored deliveries whose processing failed."""
+"""``nango-registry replay``: re-apply stored webhook deliveries whose processing failed."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import asyncio
 import json
 from typing import Any
 
-from app.db.engine import create_engine, create_sessionmaker
+from app.db.database import connected
 from app.logs import configure_logging
 from app.settings import load_settings
 from app.webhooks.replay import replay_deliveries
@@ -29,16 +29,13 @@ def run(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level)
 
     async def replay() -> dict[str, int]:
-        engine = create_engine(settings)
-        try:
+        async with connected(settings) as database:
             return await replay_deliveries(
-                create_sessionmaker(engine),
+                database,
                 default_environment=settings.nango_environment,
                 include_all=args.all,
                 after_id=args.after_id,
             )
-        finally:
-            await engine.dispose()
 
     counts = asyncio.run(replay())
     print(json.dumps(counts, sort_keys=True))

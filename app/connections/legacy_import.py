@@ -12,10 +12,9 @@ import io
 import re
 from dataclasses import dataclass
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-
-from app.connections.store import Attribution, lock_connection, merge_attribution, record_event
-from app.db.engine import unit_of_work
+from app.connections import store
+from app.connections.model import Attribution
+from app.db.database import Database
 from app.db.types import utcnow
 
 REQUIRED_COLUMNS = ("integration_id", "connection_id", "end_user_id", "organization_id")
@@ -122,38 +121,43 @@ def _check(
     )
 
 
-async def import_rows(
-    sessionmaker: async_sessionmaker[AsyncSession], *, rows: list[ImportRow]
-) -> tuple[int, int]:
+async def import_rows(database: Database, *, rows: list[ImportRow]) -> tuple[int, int]:
     """Write validated rows in one transaction. Returns (created, updated)."""
     created_count = updated_count = 0
-    async with unit_of_work(sessionmaker) as session:
+    async with database.transaction() as tx:
         for row in rows:
             now = utcnow()
-            connection, created = await lock_connection(
-                session,
-                environment=row.environment,
-                integration_id=row.integration_id,
-                connection_id=row.connection_id,
-                now=now,
-            )
             attribution = Attribution(
                 end_user_id=row.end_user_id, organization_id=row.organization_id
             )
-            changed = await merge_attribution(
-                session, connection=connection, attribution=attribution
-            )
-            if created or changed:
-                connection.updated_at = now
-                await record_event(
-                    session,
-                    connection=connection,
-                    source="import",
-                    action="creation" if created else "attribution",
-                    to_status=connection.status if created else None,
-                    detail={"line": row.line},
+            connection, created = await store.lock_connection(
+                tx,
+                store.new_connection_values(
+                    environment=row.environment,
+                    integration_id=row.integration_id,
+                    connection_id=row.connection_id,
+                    attribution=attribution,
                     now=now,
+                ),
+            )
+            changed = not created and await store.merge_attribution(tx, connection, attribution)
+            if changed:
+                connection.updated_at = now
+                await store.save(tx, connection)
+            if created or changed:
+                await store.record_history(
+                    tx,
+                    [
+                        store.history_row(
+                            connection,
+                            source="import",
+                            action="creation" if created else "attribution",
+                            to_status=connection.status if created else None,
+                            detail={"line": row.line},
+                            now=now,
+                        )
+                    ],
                 )
             created_count += created
-            updated_count += changed and not created
+            updated_count += changed
     return created_count, updated_count

@@ -1,4 +1,4 @@
-"""Finding connections: the lookup API's reads. Keyword-only, one session passed in.
+"""Finding connections: the lookup API's reads. Keyword-only, one transaction passed in.
 
 Listings are newest registered first and paginate by keyset on the primary key (``id < after``),
 never by offset: a connection inserted while a client pages through cannot shift the pages, so
@@ -9,22 +9,23 @@ SQLite and Postgres alike (``tests/api/test_query_plans.py`` reads the plans).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
+from functools import cache
 from typing import Any, Generic, TypedDict, TypeVar, Unpack
 
-from sqlalchemy import and_, or_
-from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import col, select
-
-from app.db.models import Connection, ConnectionEvent, ConnectionStatus, ConnectionTag, Delivery
+from app.connections.model import COLUMNS, LIVE_STATUSES, Connection, ConnectionStatus
+from app.db.database import Row, Statement, Transaction, sql
 from app.errors import Conflict, NotFound
 
 # What a listing shows unless `status` asks otherwise: deleted connections are history.
-LISTED_BY_DEFAULT = (ConnectionStatus.ACTIVE.value, ConnectionStatus.AUTH_ERROR.value)
+LISTED_BY_DEFAULT = LIVE_STATUSES
+ALL_STATUSES = frozenset(status.value for status in ConnectionStatus)
 # Far more than one person has; it bounds the work one summary request can cause.
 SUMMARY_MAX_CONNECTIONS = 2000
-
+# A 409 lists the candidates, and a handful is enough to choose from.
+MAX_CANDIDATES = 20
 
 T = TypeVar("T")
 
@@ -48,72 +49,97 @@ class ConnectionFilters(TypedDict, total=False):
     attributed: bool | None
 
 
-def connections_query(
-    *, after_id: int | None = None, limit: int = 50, **filters: Unpack[ConnectionFilters]
-) -> Any:
-    """The SELECT behind ``find_connections`` (exposed so tests can EXPLAIN it)."""
-    end_user_id = filters.get("end_user_id")
-    organization_id = filters.get("organization_id")
-    integration_id = filters.get("integration_id")
-    environment = filters.get("environment")
-    statuses = filters.get("statuses", LISTED_BY_DEFAULT)
-    tags = filters.get("tags")
-    attributed = filters.get("attributed")
-    query = select(Connection)
-    if end_user_id is not None:
-        query = query.where(col(Connection.end_user_id) == end_user_id)
-    if organization_id is not None:
-        query = query.where(col(Connection.organization_id) == organization_id)
-    if integration_id is not None:
-        query = query.where(col(Connection.integration_id) == integration_id)
-    if environment is not None:
-        query = query.where(col(Connection.environment) == environment)
-    if set(statuses) != {status.value for status in ConnectionStatus}:
-        query = query.where(col(Connection.status).in_(list(statuses)))
-    for key, value in (tags or {}).items():
-        # IN (uncorrelated subquery), not a correlated EXISTS: SQLite would otherwise scan every
-        # connection and probe the tags per row; this way both databases start from the
-        # (key, value, connection_pk) index.
-        query = query.where(
-            col(Connection.id).in_(
-                select(col(ConnectionTag.connection_pk)).where(
-                    col(ConnectionTag.key) == key, col(ConnectionTag.value) == value
-                )
-            )
-        )
+_EQUALITY_FILTERS = ("end_user_id", "organization_id", "integration_id", "environment")
+
+
+@cache
+def _listing(
+    equalities: tuple[str, ...],
+    statuses: int,
+    tags: int,
+    attributed: bool | None,
+    after: bool,
+) -> Statement:
+    """The SELECT for one shape of filters, built once per shape (and prepared by Postgres)."""
+    where = [f"{name} = :{name}" for name in equalities]
+    if statuses:
+        where.append(f"status IN ({', '.join(f':status{i}' for i in range(statuses))})")
+    # IN (uncorrelated subquery), not a correlated EXISTS: SQLite would otherwise scan every
+    # connection and probe the tags per row; this way both databases start from the
+    # (key, value, connection_pk) index.
+    where += [
+        f"id IN (SELECT connection_pk FROM connection_tags WHERE key = :tag_key{i}"  # noqa: S608 (placeholders only)
+        f" AND value = :tag_value{i})"
+        for i in range(tags)
+    ]
     # "Attributed" means someone owns it: an end user or an organization. A connection made
     # through a Connect session without tags, or a failed legacy import, has neither.
     if attributed is True:
-        query = query.where(
-            or_(
-                col(Connection.end_user_id).is_not(None),
-                col(Connection.organization_id).is_not(None),
-            )
-        )
+        where.append("(end_user_id IS NOT NULL OR organization_id IS NOT NULL)")
     elif attributed is False:
-        query = query.where(
-            and_(col(Connection.end_user_id).is_(None), col(Connection.organization_id).is_(None))
-        )
+        where.append("end_user_id IS NULL AND organization_id IS NULL")
+    if after:
+        where.append("id < :after_id")
+    condition = f" WHERE {' AND '.join(where)}" if where else ""
+    return sql(f"SELECT {COLUMNS} FROM connections{condition} ORDER BY id DESC LIMIT :limit")  # noqa: S608
+
+
+def connections_query(
+    *, after_id: int | None = None, limit: int = 50, **filters: Unpack[ConnectionFilters]
+) -> tuple[Statement, dict[str, Any]]:
+    """The SELECT behind ``find_connections`` and its parameters (tests EXPLAIN it)."""
+    params: dict[str, Any] = {"limit": limit + 1}
+    equalities = []
+    for name in _EQUALITY_FILTERS:
+        value = filters.get(name)
+        if value is not None:
+            equalities.append(name)
+            params[name] = value
+    statuses = list(filters.get("statuses", LISTED_BY_DEFAULT))
+    if set(statuses) == ALL_STATUSES:
+        statuses = []
+    for index, status in enumerate(statuses):
+        params[f"status{index}"] = status
+    tags = filters.get("tags") or {}
+    for index, (key, value) in enumerate(tags.items()):
+        params[f"tag_key{index}"] = key
+        params[f"tag_value{index}"] = value
     if after_id is not None:
-        query = query.where(col(Connection.id) < after_id)
-    return query.order_by(col(Connection.id).desc()).limit(limit + 1)
+        params["after_id"] = after_id
+    statement = _listing(
+        tuple(equalities), len(statuses), len(tags), filters.get("attributed"), after_id is not None
+    )
+    return statement, params
 
 
 async def find_connections(
-    session: AsyncSession,
+    tx: Transaction,
     *,
     limit: int,
     after_id: int | None = None,
     **filters: Unpack[ConnectionFilters],
 ) -> Page[Connection]:
     """Connections matching every given filter, newest first; deleted ones only when asked for."""
-    query = connections_query(after_id=after_id, limit=limit, **filters)
-    rows = list((await session.execute(query)).scalars().all())
+    statement, params = connections_query(after_id=after_id, limit=limit, **filters)
+    rows = [Connection(*row) for row in await tx.fetchall(statement, params)]
     return _page(rows, limit, lambda row: row.id)
 
 
+@cache
+def _by_connection_id(integration: bool, environment: bool) -> Statement:
+    where = "connection_id = :connection_id"
+    if integration:
+        where += " AND integration_id = :integration_id"
+    if environment:
+        where += " AND environment = :environment"
+    return sql(
+        f"SELECT {COLUMNS} FROM connections WHERE {where}"  # noqa: S608
+        f" ORDER BY id DESC LIMIT {MAX_CANDIDATES + 1}"
+    )
+
+
 async def get_connection(
-    session: AsyncSession,
+    tx: Transaction,
     *,
     connection_id: str,
     integration_id: str | None = None,
@@ -125,14 +151,13 @@ async def get_connection(
     are unique only per integration (and environment): such an ID can name several connections,
     which is a 409 listing them until ``integration_id`` / ``environment`` pick one.
     """
-    query = select(Connection).where(col(Connection.connection_id) == connection_id)
-    if integration_id is not None:
-        query = query.where(col(Connection.integration_id) == integration_id)
-    if environment is not None:
-        query = query.where(col(Connection.environment) == environment)
-    # Bounded: a 409 lists the candidates, and a handful is enough to choose from.
-    query = query.order_by(col(Connection.id).desc()).limit(21)
-    candidates = list((await session.execute(query)).scalars().all())
+    statement = _by_connection_id(integration_id is not None, environment is not None)
+    params = {
+        "connection_id": connection_id,
+        "integration_id": integration_id,
+        "environment": environment,
+    }
+    candidates = [Connection(*row) for row in await tx.fetchall(statement, params)]
     if not candidates:
         raise NotFound(f"no connection {connection_id!r}", code="connection_not_found")
     if len(candidates) > 1:
@@ -140,31 +165,65 @@ async def get_connection(
             f"connection ID {connection_id!r} names {len(candidates)} connections: "
             "add integration_id (and environment) to choose one",
             code="ambiguous_connection_id",
-            details={"candidates": [_candidate(row) for row in candidates[:20]]},
+            details={"candidates": [_candidate(row) for row in candidates[:MAX_CANDIDATES]]},
         )
     return candidates[0]
 
 
-async def find_connection_events(
-    session: AsyncSession,
+@dataclass(frozen=True, slots=True)
+class DeliverySummary:
+    id: int
+    received_at: datetime
+    webhook_type: str | None
+    operation: str | None
+    success: bool | None
+    outcome: str
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One change in a connection's history, with the delivery that caused it, if any."""
+
+    id: int
+    source: str
+    action: str
+    success: bool | None
+    from_status: str | None
+    to_status: str | None
+    detail: dict[str, Any]
+    created_at: datetime
+    delivery: DeliverySummary | None
+
+
+_HISTORY = (
+    "SELECT e.id, e.source, e.action, e.success, e.from_status, e.to_status, e.detail,"
+    " e.created_at, d.id, d.received_at, d.webhook_type, d.operation, d.success, d.outcome"
+    " FROM connection_events e LEFT JOIN deliveries d ON d.id = e.delivery_id"
+    " WHERE e.connection_pk = :connection_pk{after} ORDER BY e.id DESC LIMIT :limit"
+)
+HISTORY = sql(_HISTORY.format(after=""))
+HISTORY_AFTER = sql(_HISTORY.format(after=" AND e.id < :after_id"))
+
+
+async def find_history(
+    tx: Transaction,
     *,
     connection_pk: int,
     limit: int,
     after_id: int | None = None,
-) -> Page[tuple[ConnectionEvent, Delivery | None]]:
-    """A connection's history, newest first, each event with the delivery that caused it."""
-    query = (
-        select(ConnectionEvent, Delivery)
-        .join(Delivery, col(Delivery.id) == col(ConnectionEvent.delivery_id), isouter=True)
-        .where(col(ConnectionEvent.connection_pk) == connection_pk)
-    )
-    if after_id is not None:
-        query = query.where(col(ConnectionEvent.id) < after_id)
-    query = query.order_by(col(ConnectionEvent.id).desc()).limit(limit + 1)
-    rows: list[tuple[ConnectionEvent, Delivery | None]] = [
-        (row[0], row[1]) for row in (await session.execute(query)).all()
-    ]
-    return _page(rows, limit, lambda row: row[0].id)
+) -> Page[HistoryEntry]:
+    """A connection's history, newest first, each entry with the delivery that caused it."""
+    statement = HISTORY if after_id is None else HISTORY_AFTER
+    params = {"connection_pk": connection_pk, "limit": limit + 1, "after_id": after_id}
+    entries = [_history_entry(row) for row in await tx.fetchall(statement, params)]
+    return _page(entries, limit, lambda entry: entry.id)
+
+
+def _history_entry(row: Row) -> HistoryEntry:
+    delivery = None
+    if row[8] is not None:
+        delivery = DeliverySummary(row[8], row[9], row[10], row[11], row[12], row[13])
+    return HistoryEntry(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], delivery)
 
 
 @dataclass(slots=True)
@@ -186,8 +245,17 @@ class IntegrationSummary:
         return self.connection.status == ConnectionStatus.AUTH_ERROR
 
 
+_SUMMARY = (
+    f"SELECT {COLUMNS} FROM connections"  # noqa: S608
+    " WHERE end_user_id = :end_user_id AND status <> 'deleted'{environment}"
+    f" ORDER BY id DESC LIMIT {SUMMARY_MAX_CONNECTIONS}"
+)
+SUMMARY = sql(_SUMMARY.format(environment=""))
+SUMMARY_IN_ENVIRONMENT = sql(_SUMMARY.format(environment=" AND environment = :environment"))
+
+
 async def end_user_summary(
-    session: AsyncSession,
+    tx: Transaction,
     *,
     end_user_id: str,
     environment: str | None = None,
@@ -197,15 +265,11 @@ async def end_user_summary(
     Deleted connections are left out: an integration whose connections are all deleted is not
     connected, the same as one never connected, and is not listed.
     """
-    query = select(Connection).where(
-        col(Connection.end_user_id) == end_user_id,
-        col(Connection.status) != ConnectionStatus.DELETED,
-    )
-    if environment is not None:
-        query = query.where(col(Connection.environment) == environment)
-    query = query.order_by(col(Connection.id).desc()).limit(SUMMARY_MAX_CONNECTIONS)
+    statement = SUMMARY if environment is None else SUMMARY_IN_ENVIRONMENT
+    rows = await tx.fetchall(statement, {"end_user_id": end_user_id, "environment": environment})
     summaries: dict[tuple[str, str], IntegrationSummary] = {}
-    for connection in (await session.execute(query)).scalars():
+    for row in rows:
+        connection = Connection(*row)
         key = (connection.environment, connection.integration_id)
         summary = summaries.get(key)
         if summary is None:
@@ -231,7 +295,7 @@ def _candidate(connection: Connection) -> dict[str, str]:
     }
 
 
-def _page(rows: list[T], limit: int, row_id: Any) -> Page[T]:
+def _page(rows: list[T], limit: int, row_id: Callable[[T], int]) -> Page[T]:
     if len(rows) > limit:
         rows = rows[:limit]
         return Page(items=rows, next_after_id=int(row_id(rows[-1])))

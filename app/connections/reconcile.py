@@ -21,29 +21,25 @@ import random
 import socket
 import uuid
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Any
 
 import anyio
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlmodel import col, select
 
-from app.connections.store import (
+from app.connections import store
+from app.connections.model import (
     ATTRIBUTION_FIELDS,
+    COLUMNS,
+    LIVE_STATUSES,
     Attribution,
-    change_status,
+    Connection,
+    ConnectionStatus,
     clean_text,
-    insert_connections,
-    lock_connection,
-    merge_attribution,
-    new_connection_row,
-    record_event,
-    record_events,
 )
-from app.db.engine import unit_of_work
+from app.db.database import Database, Statement, Transaction, sql
 from app.db.leases import acquire_lease, release_lease
-from app.db.models import Connection, ConnectionStatus, ReconcileRun
 from app.db.types import utcnow
 from app.logs import get_logger
 from app.metrics import RECONCILE_RUNS
@@ -51,6 +47,7 @@ from app.nango.client import NangoClient, NangoUnavailable
 
 log = get_logger(__name__)
 
+SOURCE = "reconcile"
 LEASE_NAME = "reconcile"
 # Renewed after every page, so it only has to outlast one page and one chunk of writes.
 LEASE_TTL = timedelta(minutes=5)
@@ -58,7 +55,25 @@ PAGE_SIZE = 1000
 # Rows written per transaction: short enough that a webhook waiting on SQLite's write lock (or on
 # a Postgres row lock) waits milliseconds, not the length of a page.
 CHUNK_SIZE = 100
-LIVE = (ConnectionStatus.ACTIVE, ConnectionStatus.AUTH_ERROR)
+
+Key = tuple[str, str]  # (integration_id, connection_id)
+
+START_RUN = sql(
+    "INSERT INTO reconcile_runs (trigger, started_at, status, counts)"
+    " VALUES (:trigger, :now, 'running', :counts) RETURNING id"
+)
+FINISH_RUN = sql(
+    "UPDATE reconcile_runs SET status = :status, finished_at = :now, counts = :counts,"
+    " error = :error WHERE id = :id"
+)
+SUCCEEDED_SINCE = sql(
+    "SELECT id FROM reconcile_runs WHERE status = 'succeeded' AND finished_at > :since LIMIT 1"
+)
+LIVE_BEFORE = sql(
+    "SELECT id, integration_id, connection_id FROM connections"
+    " WHERE environment = :environment AND status IN ('active', 'auth_error')"
+    " AND updated_at < :started"
+)
 
 
 class ReconcileBusy(Exception):
@@ -77,13 +92,43 @@ class ReconcileCounts:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Listed:
+    """One entry of Nango's connection listing, read once."""
+
+    key: Key
+    provider: str | None
+    error_type: str | None
+    errors: list[dict[str, str]]
+    attribution: Attribution
+
+    @property
+    def status(self) -> str:
+        return ConnectionStatus.AUTH_ERROR if self.error_type else ConnectionStatus.ACTIVE
+
+    @property
+    def detail(self) -> dict[str, Any]:
+        return {"nango_errors": self.errors} if self.errors else {}
+
+
+@dataclass
+class _Run:
+    database: Database
+    nango: NangoClient
+    environment: str
+    holder: str
+    started: datetime = field(default_factory=utcnow)
+    counts: ReconcileCounts = field(default_factory=ReconcileCounts)
+    seen: set[Key] = field(default_factory=set)
+
+
 def new_holder() -> str:
     return f"{socket.gethostname()[:64]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 async def reconcile(
     *,
-    sessionmaker: async_sessionmaker[AsyncSession],
+    database: Database,
     nango: NangoClient,
     environment: str,
     trigger: str,
@@ -96,255 +141,115 @@ async def reconcile(
     With ``skip_if_succeeded_within`` (the scheduler), returns None without running when a run
     finished successfully that recently: checked under the lease, so instances do not repeat it.
     """
-    holder = holder or new_holder()
-    async with unit_of_work(sessionmaker) as session:
-        if not await acquire_lease(session, name=LEASE_NAME, holder=holder, ttl=LEASE_TTL):
-            raise ReconcileBusy("a reconciliation is already running")
+    run = _Run(
+        database=database, nango=nango, environment=environment, holder=holder or new_holder()
+    )
+    await _renew_lease(run)
     try:
         if skip_if_succeeded_within is not None and await _succeeded_since(
-            sessionmaker, utcnow() - skip_if_succeeded_within
+            database, utcnow() - skip_if_succeeded_within
         ):
             return None
-        async with unit_of_work(sessionmaker) as session:
-            run = ReconcileRun(trigger=trigger)
-            session.add(run)
+        async with database.transaction() as tx:
+            row = await tx.fetchone(START_RUN, {"trigger": trigger, "now": utcnow(), "counts": {}})
+        assert row is not None
+        run_id = int(row[0])
         try:
-            counts = await _reconcile(
-                sessionmaker=sessionmaker,
-                nango=nango,
-                environment=environment,
-                page_size=page_size or PAGE_SIZE,
-                holder=holder,
-            )
+            await _list_and_apply(run, page_size or PAGE_SIZE)
+            run.counts.seen = len(run.seen)
+            run.counts.deleted = await _delete_missing(run)
         except BaseException as error:
-            await _finish(sessionmaker, run, status="failed", error=type(error).__name__)
+            await _finish(database, run_id, status="failed", error=type(error).__name__)
             RECONCILE_RUNS.labels(trigger=trigger, status="failed").inc()
             log.warning("reconcile_failed", trigger=trigger, error=str(error)[:300])
             raise
-        await _finish(sessionmaker, run, status="succeeded", counts=counts.as_dict())
+        await _finish(database, run_id, status="succeeded", counts=run.counts.as_dict())
         RECONCILE_RUNS.labels(trigger=trigger, status="succeeded").inc()
-        log.info("reconciled", trigger=trigger, environment=environment, **counts.as_dict())
-        return counts
+        log.info("reconciled", trigger=trigger, environment=environment, **run.counts.as_dict())
+        return run.counts
     finally:
         with anyio.CancelScope(shield=True):
-            async with unit_of_work(sessionmaker) as session:
-                await release_lease(session, name=LEASE_NAME, holder=holder)
+            async with database.transaction() as tx:
+                await release_lease(tx, name=LEASE_NAME, holder=run.holder)
 
 
-async def _succeeded_since(sessionmaker: async_sessionmaker[AsyncSession], since: datetime) -> bool:
-    async with sessionmaker() as session:
-        found = await session.execute(
-            select(col(ReconcileRun.id))
-            .where(col(ReconcileRun.status) == "succeeded", col(ReconcileRun.finished_at) > since)
-            .limit(1)
-        )
-        return found.first() is not None
+async def _renew_lease(run: _Run) -> None:
+    async with run.database.transaction() as tx:
+        if not await acquire_lease(tx, name=LEASE_NAME, holder=run.holder, ttl=LEASE_TTL):
+            raise ReconcileBusy("a reconciliation is already running")
+
+
+async def _succeeded_since(database: Database, since: datetime) -> bool:
+    async with database.reader() as tx:
+        return await tx.fetchone(SUCCEEDED_SINCE, {"since": since}) is not None
 
 
 async def _finish(
-    sessionmaker: async_sessionmaker[AsyncSession],
-    run: ReconcileRun,
+    database: Database,
+    run_id: int,
     *,
     status: str,
     counts: dict[str, int] | None = None,
     error: str | None = None,
 ) -> None:
     with anyio.CancelScope(shield=True):
-        async with unit_of_work(sessionmaker) as session:
-            stored = await session.get(ReconcileRun, run.id)
-            assert stored is not None
-            stored.status = status
-            stored.finished_at = utcnow()
-            stored.counts = counts or {}
-            stored.error = error
+        async with database.transaction() as tx:
+            await tx.execute(
+                FINISH_RUN,
+                {
+                    "status": status,
+                    "now": utcnow(),
+                    "counts": counts or {},
+                    "error": error,
+                    "id": run_id,
+                },
+            )
 
 
-async def _reconcile(
-    *,
-    sessionmaker: async_sessionmaker[AsyncSession],
-    nango: NangoClient,
-    environment: str,
-    page_size: int,
-    holder: str,
-) -> ReconcileCounts:
-    counts = ReconcileCounts()
-    started = utcnow()
-    seen: set[tuple[str, str]] = set()
+async def _list_and_apply(run: _Run, page_size: int) -> None:
     page = 0
     while True:
-        items = await nango.list_connections(page=page, limit=page_size)
+        items = await run.nango.list_connections(page=page, limit=page_size)
         new = 0
         for offset in range(0, len(items), CHUNK_SIZE):
-            chunk: list[tuple[tuple[str, str], dict[str, Any]]] = []
+            chunk = []
             for item in items[offset : offset + CHUNK_SIZE]:
-                key = _key(item)
-                if key is None or key in seen:
+                listed = read_listed(item)
+                if listed is None or listed.key in run.seen:
                     continue  # offset paging repeats a row when Nango gains one meanwhile
-                seen.add(key)
-                chunk.append((key, item))
+                run.seen.add(listed.key)
+                chunk.append(listed)
             new += len(chunk)
-            if not chunk:
-                continue
-            async with unit_of_work(sessionmaker) as session:
-                known = await _load_known(
-                    session, environment=environment, keys=[k for k, _ in chunk]
-                )
-                created = await _create_unknown(
-                    session,
-                    items=[(key, item) for key, item in chunk if key not in known],
-                    environment=environment,
-                    counts=counts,
-                )
-                for key, item in chunk:
-                    if key in created:
-                        continue
-                    stored = known.get(key)
-                    if stored is not None and _already_agrees(stored, item):
-                        # Most rows agree with Nango already: a second run writes nothing.
-                        counts.unattributed += stored.end_user_id is None and (
-                            stored.organization_id is None
-                        )
-                        continue
-                    await _apply_listed(
-                        session,
-                        item=item,
-                        key=key,
-                        environment=environment,
-                        started=started,
-                        counts=counts,
-                    )
-        async with unit_of_work(sessionmaker) as session:
-            if not await acquire_lease(session, name=LEASE_NAME, holder=holder, ttl=LEASE_TTL):
-                raise ReconcileBusy("lost the reconcile lease during the listing")
+            if chunk:
+                async with run.database.transaction() as tx:
+                    await _apply_chunk(tx, run, chunk)
+        await _renew_lease(run)
         if len(items) < page_size:
-            break
+            return
         if new == 0:
             # A full page of rows already seen: the server is not advancing the offset.
             raise NangoUnavailable(f"Nango's listing did not advance at page {page}")
         page += 1
-    counts.seen = len(seen)
-    counts.deleted = await _delete_missing(
-        sessionmaker=sessionmaker,
-        nango=nango,
-        environment=environment,
-        started=started,
-        seen=seen,
-    )
-    return counts
 
 
-async def _load_known(
-    session: AsyncSession, *, environment: str, keys: list[tuple[str, str]]
-) -> dict[tuple[str, str], Connection]:
-    """The stored connections among ``keys``, locked, in one query.
-
-    Filtered on ``connection_id`` alone, so Postgres uses its own index: with the environment
-    too it may pick the unique index, whose leading column matches every row (seen on a table
-    not analyzed yet, i.e. the first reconcile of a new install: 100x slower).
-    """
-    query = (
-        select(Connection)
-        .where(col(Connection.connection_id).in_({connection_id for _, connection_id in keys}))
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
-    wanted = set(keys)
-    found = {}
-    for connection in (await session.execute(query)).scalars():
-        key = (connection.integration_id, connection.connection_id)
-        if key in wanted and connection.environment == environment:
-            found[key] = connection
-    return found
-
-
-async def _create_unknown(
-    session: AsyncSession,
-    *,
-    items: list[tuple[tuple[str, str], dict[str, Any]]],
-    environment: str,
-    counts: ReconcileCounts,
-) -> set[tuple[str, str]]:
-    """Create the listed connections not stored yet, a chunk in a few statements.
-
-    Returns the keys created; a key a webhook created meanwhile is left to ``_apply_listed``.
-    """
-    if not items:
-        return set()
-    now = utcnow()
-    rows = []
-    errors_by_key: dict[tuple[str, str], list[dict[str, str]]] = {}
-    for key, item in items:
-        error_type, errors = _first_error(item)
-        errors_by_key[key] = errors
-        row = new_connection_row(
-            environment=environment,
-            integration_id=key[0],
-            connection_id=key[1],
-            provider=clean_text(item.get("provider")),
-            auth_mode=None,
-            status=ConnectionStatus.AUTH_ERROR if error_type else ConnectionStatus.ACTIVE,
-            attribution=Attribution.from_nango(
-                tags=item.get("tags"), end_user=_flat_end_user(item.get("end_user"))
-            ),
-            now=now,
-        )
-        row["error_type"] = error_type
-        row["error_since"] = now if error_type else None
-        rows.append(row)
-    inserted = await insert_connections(session, rows=rows)
-    events = []
-    for connection in inserted:
-        errors = errors_by_key[(connection.integration_id, connection.connection_id)]
-        events.append(
-            {
-                "connection_pk": connection.id,
-                "delivery_id": None,
-                "source": "reconcile",
-                "action": "creation",
-                "success": None,
-                "from_status": None,
-                "to_status": connection.status,
-                "detail": {"nango_errors": errors} if errors else {},
-                "created_at": now,
-            }
-        )
-        counts.unattributed += connection.end_user_id is None and connection.organization_id is None
-    if events:
-        await record_events(session, rows=events)
-    counts.created += len(inserted)
-    return {(connection.integration_id, connection.connection_id) for connection in inserted}
-
-
-def _already_agrees(connection: Connection, item: dict[str, Any]) -> bool:
-    """True when applying the listed ``item`` would change nothing on ``connection``."""
-    if connection.status == ConnectionStatus.DELETED:
-        return False
-    error_type, _ = _first_error(item)
-    if error_type:
-        if connection.status != ConnectionStatus.AUTH_ERROR or connection.error_type != error_type:
-            return False
-    elif connection.status != ConnectionStatus.ACTIVE:
-        return False
-    attribution = Attribution.from_nango(
-        tags=item.get("tags"), end_user=_flat_end_user(item.get("end_user"))
-    )
-    for name in ATTRIBUTION_FIELDS:
-        value = getattr(attribution, name)
-        if value is not None and getattr(connection, name) != value:
-            return False
-    stored = connection.tags or {}
-    return all(stored.get(key) == value for key, value in attribution.tags.items())
-
-
-def _key(item: dict[str, Any]) -> tuple[str, str] | None:
+def read_listed(item: Mapping[str, Any]) -> Listed | None:
     integration_id = clean_text(item.get("provider_config_key"))
     connection_id = clean_text(item.get("connection_id"))
     if integration_id is None or connection_id is None:
         return None
-    return integration_id, connection_id
+    error_type, errors = _errors(item)
+    return Listed(
+        key=(integration_id, connection_id),
+        provider=clean_text(item.get("provider")),
+        error_type=error_type,
+        errors=errors,
+        attribution=Attribution.from_nango(
+            tags=item.get("tags"), end_user=_flat_end_user(item.get("end_user"))
+        ),
+    )
 
 
-def _first_error(item: dict[str, Any]) -> tuple[str | None, list[dict[str, str]]]:
+def _errors(item: Mapping[str, Any]) -> tuple[str | None, list[dict[str, str]]]:
     errors = item.get("errors")
     if not isinstance(errors, list) or not errors:
         return None, []
@@ -367,154 +272,180 @@ def _flat_end_user(end_user: object) -> object:
     return end_user
 
 
-async def _apply_listed(
-    session: AsyncSession,
-    *,
-    item: dict[str, Any],
-    key: tuple[str, str],
-    environment: str,
-    started: datetime,
-    counts: ReconcileCounts,
-) -> None:
-    now = utcnow()
-    error_type, errors = _first_error(item)
-    target = ConnectionStatus.AUTH_ERROR if error_type else ConnectionStatus.ACTIVE
-    attribution = Attribution.from_nango(
-        tags=item.get("tags"), end_user=_flat_end_user(item.get("end_user"))
+@cache
+def _known_statement(count: int) -> Statement:
+    # Filtered on connection_id alone, so Postgres uses its own index: with the environment
+    # too it may pick the unique index, whose leading column matches every row (seen on a table
+    # not analyzed yet, i.e. the first reconcile of a new install: 100x slower).
+    placeholders = ", ".join(f":c{i}" for i in range(count))
+    return sql(
+        f"SELECT {COLUMNS} FROM connections WHERE connection_id IN ({placeholders})",  # noqa: S608
+        lock=True,
     )
-    connection, created = await lock_connection(
-        session,
-        environment=environment,
-        integration_id=key[0],
-        connection_id=key[1],
-        provider=clean_text(item.get("provider")),
-        status=target,
-        attribution=attribution,
+
+
+async def _load_known(tx: Transaction, run: _Run, chunk: list[Listed]) -> dict[Key, Connection]:
+    """The stored connections of a chunk, locked, in one query."""
+    ids = sorted({listed.key[1] for listed in chunk})
+    rows = await tx.fetchall(
+        _known_statement(len(ids)), {f"c{i}": id_ for i, id_ in enumerate(ids)}
+    )
+    wanted = {listed.key for listed in chunk}
+    found = {}
+    for row in rows:
+        connection = Connection(*row)
+        key = (connection.integration_id, connection.connection_id)
+        if key in wanted and connection.environment == run.environment:
+            found[key] = connection
+    return found
+
+
+async def _apply_chunk(tx: Transaction, run: _Run, chunk: list[Listed]) -> None:
+    known = await _load_known(tx, run, chunk)
+    history: list[dict[str, Any]] = []
+    now = utcnow()
+    for listed in chunk:
+        connection = known.get(listed.key)
+        if connection is None:
+            connection = await _create(tx, run, listed, now)
+            if connection is not None:
+                history.append(_history(connection, listed, "creation", None, now))
+                run.counts.unattributed += not connection.attributed
+                continue
+            # A webhook created it since the chunk was loaded: lock it and merge.
+            connection, _ = await store.lock_connection(tx, _new_values(run, listed, now))
+        if not _already_agrees(connection, listed):
+            history += await _update(tx, run, connection, listed, now)
+        run.counts.unattributed += not connection.attributed
+    if history:
+        await store.record_history(tx, history)
+
+
+def _new_values(run: _Run, listed: Listed, now: datetime) -> dict[str, Any]:
+    return store.new_connection_values(
+        environment=run.environment,
+        integration_id=listed.key[0],
+        connection_id=listed.key[1],
+        provider=listed.provider,
+        status=listed.status,
+        attribution=listed.attribution,
+        error_type=listed.error_type,
         now=now,
     )
-    detail: dict[str, Any] = {"nango_errors": errors} if errors else {}
-    if created:
-        if error_type:
-            connection.error_type = error_type
-            connection.error_since = now
-        await record_event(
-            session,
-            connection=connection,
-            source="reconcile",
-            action="creation",
-            to_status=target,
-            detail=detail,
-            now=now,
+
+
+async def _create(tx: Transaction, run: _Run, listed: Listed, now: datetime) -> Connection | None:
+    connection = await store.insert_connection(tx, _new_values(run, listed, now))
+    run.counts.created += connection is not None
+    return connection
+
+
+def _history(
+    connection: Connection, listed: Listed, action: str, from_status: str | None, now: datetime
+) -> dict[str, Any]:
+    return store.history_row(
+        connection,
+        source=SOURCE,
+        action=action,
+        from_status=from_status,
+        to_status=connection.status,
+        detail=listed.detail,
+        now=now,
+    )
+
+
+def _already_agrees(connection: Connection, listed: Listed) -> bool:
+    """True when applying ``listed`` would change nothing on ``connection``."""
+    if connection.status != listed.status:
+        return False
+    if listed.error_type and connection.error_type != listed.error_type:
+        return False
+    for name in ATTRIBUTION_FIELDS:
+        value = getattr(listed.attribution, name)
+        if value is not None and getattr(connection, name) != value:
+            return False
+    stored = connection.tags
+    return all(stored.get(key) == value for key, value in listed.attribution.tags.items())
+
+
+async def _update(
+    tx: Transaction, run: _Run, connection: Connection, listed: Listed, now: datetime
+) -> list[dict[str, Any]]:
+    """Bring a stored connection in line with its listing; return the history it made."""
+    history = []
+    previous = connection.status
+    if connection.status == ConnectionStatus.DELETED:
+        # A tombstone newer than the listing may be a deletion the listing has not seen.
+        if connection.deleted_at is None or connection.deleted_at < run.started:
+            store.set_status(connection, listed.status, error_type=listed.error_type, now=now)
+            connection.deleted_at = None
+            history.append(_history(connection, listed, "restore", previous, now))
+    elif connection.updated_at < run.started and (
+        connection.status != listed.status
+        or (listed.error_type and connection.error_type != listed.error_type)
+    ):
+        # A row changed since the listing started may carry newer news (a webhook) than the
+        # page; the next run settles it.
+        store.set_status(connection, listed.status, error_type=listed.error_type, now=now)
+        history.append(_history(connection, listed, "status", previous, now))
+    if await store.merge_attribution(tx, connection, listed.attribution):
+        connection.updated_at = now
+        history.append(store.history_row(connection, source=SOURCE, action="tags", now=now))
+    if history:
+        await store.save(tx, connection)
+        run.counts.updated += 1
+    return history
+
+
+async def _delete_missing(run: _Run) -> int:
+    async with run.database.reader() as tx:
+        rows = await tx.fetchall(
+            LIVE_BEFORE, {"environment": run.environment, "started": run.started}
         )
-        counts.created += 1
-    else:
-        changed = False
-        if connection.status == ConnectionStatus.DELETED:
-            # A tombstone newer than the listing may be a deletion the listing has not seen.
-            if connection.deleted_at is None or connection.deleted_at < started:
-                await change_status(
-                    session,
-                    connection=connection,
-                    status=target,
-                    source="reconcile",
-                    action="restore",
-                    error_type=error_type,
-                    detail=detail,
-                    now=now,
-                )
-                connection.deleted_at = None
-                changed = True
-        elif connection.updated_at < started and (
-            connection.status != target
-            or (target == ConnectionStatus.AUTH_ERROR and connection.error_type != error_type)
-        ):
-            # A row changed since the listing started may carry newer news (a webhook) than the
-            # page; the next run settles it.
-            await change_status(
-                session,
-                connection=connection,
-                status=target,
-                source="reconcile",
-                action="status",
-                error_type=error_type,
-                detail=detail,
-                now=now,
-            )
-            changed = True
-        if await merge_attribution(session, connection=connection, attribution=attribution):
-            connection.updated_at = now
-            await record_event(session, connection=connection, source="reconcile", action="tags")
-            changed = True
-        counts.updated += changed
-    if connection.end_user_id is None and connection.organization_id is None:
-        counts.unattributed += 1
-
-
-async def _delete_missing(
-    *,
-    sessionmaker: async_sessionmaker[AsyncSession],
-    nango: NangoClient,
-    environment: str,
-    started: datetime,
-    seen: set[tuple[str, str]],
-) -> int:
-    async with sessionmaker() as session:
-        rows = (
-            await session.execute(
-                select(
-                    col(Connection.id),
-                    col(Connection.integration_id),
-                    col(Connection.connection_id),
-                ).where(
-                    col(Connection.environment) == environment,
-                    col(Connection.status).in_(LIVE),
-                    col(Connection.updated_at) < started,
-                )
-            )
-        ).all()
-    missing = [row for row in rows if (row.integration_id, row.connection_id) not in seen]
-    if missing and not seen:
+    missing = [row for row in rows if (row[1], row[2]) not in run.seen]
+    if missing and not run.seen:
         # An empty listing against a populated registry is more likely a secret key of another
         # environment than every user disconnecting at once; refuse to tombstone everything.
-        log.warning("reconcile_empty_listing", environment=environment, withheld=len(missing))
+        log.warning("reconcile_empty_listing", environment=run.environment, withheld=len(missing))
         return 0
     deleted = 0
-    for row in missing:
-        found = await nango.list_connections(
-            page=0, limit=100, search=row.connection_id, integration_ids=[row.integration_id]
+    for pk, integration_id, connection_id in missing:
+        found = await run.nango.list_connections(
+            page=0, limit=100, search=connection_id, integration_ids=[integration_id]
         )
-        if any(_key(item) == (row.integration_id, row.connection_id) for item in found):
+        if any(
+            (listed := read_listed(item)) is not None
+            and listed.key == (integration_id, connection_id)
+            for item in found
+        ):
             continue
-        async with unit_of_work(sessionmaker) as session:
-            connection = (
-                await session.execute(
-                    select(Connection)
-                    .where(col(Connection.id) == row.id)
-                    .with_for_update()
-                    .execution_options(populate_existing=True)
-                )
-            ).scalar_one_or_none()
-            if (
-                connection is None
-                or connection.status not in LIVE
-                or connection.updated_at >= started
-            ):
-                continue  # a webhook got there first
-            await change_status(
-                session,
-                connection=connection,
-                status=ConnectionStatus.DELETED,
-                source="reconcile",
-                action="deletion",
-                detail={"reason": "absent from Nango's connection listing"},
-            )
-            deleted += 1
+        async with run.database.transaction() as tx:
+            deleted += await _mark_deleted(tx, run, pk)
     return deleted
+
+
+async def _mark_deleted(tx: Transaction, run: _Run, pk: int) -> bool:
+    connection = await store.lock_connection_by_pk(tx, pk)
+    if (
+        connection is None
+        or connection.status not in LIVE_STATUSES
+        or connection.updated_at >= run.started
+    ):
+        return False  # a webhook got there first
+    await store.change_status(
+        tx,
+        connection,
+        ConnectionStatus.DELETED,
+        source=SOURCE,
+        action="deletion",
+        detail={"reason": "absent from Nango's connection listing"},
+    )
+    return True
 
 
 async def run_schedule(
     *,
-    sessionmaker: async_sessionmaker[AsyncSession],
+    database: Database,
     nango: NangoClient,
     environment: str,
     interval_seconds: float,
@@ -530,7 +461,7 @@ async def run_schedule(
     while True:
         try:
             await reconcile(
-                sessionmaker=sessionmaker,
+                database=database,
                 nango=nango,
                 environment=environment,
                 trigger="schedule",

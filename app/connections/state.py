@@ -19,22 +19,32 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import col, select
-
-from app.connections.store import (
+from app.connections import store
+from app.connections.model import (
+    COLUMNS,
     Attribution,
-    change_status,
+    ConnectionStatus,
     clean_text,
-    lock_connection,
-    merge_attribution,
-    record_event,
 )
-from app.db.models import Connection, ConnectionStatus, DeliveryOutcome
+from app.db.database import Transaction, sql
 from app.db.types import utcnow
+from app.webhooks.model import DeliveryOutcome
 from app.webhooks.payloads import Envelope
 
 SOURCE = "webhook"
+
+# Sync bodies carry no environment: every live connection with that integration and connection
+# ID is updated (legacy IDs repeat only across integrations, not within one).
+_RECORD_SYNC = (
+    "UPDATE connections SET last_sync_name = :name, last_sync_model = :model,"  # noqa: S608
+    " last_sync_success = :success, last_sync_at = :now, last_sync_error = :error,"
+    " updated_at = :now"
+    " WHERE connection_id = :connection_id AND integration_id = :integration_id"
+    " AND status <> 'deleted'{environment}"
+    f" RETURNING {COLUMNS}"
+)
+RECORD_SYNC = sql(_RECORD_SYNC.format(environment=""))
+RECORD_SYNC_IN_ENVIRONMENT = sql(_RECORD_SYNC.format(environment=" AND environment = :environment"))
 
 
 def _error(payload: Mapping[str, Any]) -> tuple[str | None, str | None]:
@@ -72,7 +82,7 @@ def expected_outcome(envelope: Envelope) -> DeliveryOutcome:
 
 
 async def apply_delivery(
-    session: AsyncSession,
+    tx: Transaction,
     *,
     delivery_id: int,
     payload: Any,
@@ -83,19 +93,19 @@ async def apply_delivery(
         return DeliveryOutcome.RECORDED
     if envelope.webhook_type == "auth":
         return await apply_auth_event(
-            session,
+            tx,
             delivery_id=delivery_id,
             payload=payload,
             envelope=envelope,
             default_environment=default_environment,
         )
     if envelope.webhook_type == "sync":
-        return await record_sync_result(session, payload=payload, envelope=envelope)
+        return await record_sync_result(tx, payload=payload, envelope=envelope)
     return DeliveryOutcome.RECORDED
 
 
 async def apply_auth_event(
-    session: AsyncSession,
+    tx: Transaction,
     *,
     delivery_id: int,
     payload: Mapping[str, Any],
@@ -108,52 +118,73 @@ async def apply_auth_event(
         return DeliveryOutcome.RECORDED
 
     now = utcnow()
-    attribution = Attribution.from_nango(tags=payload.get("tags"), end_user=payload.get("endUser"))
-    connection, created = await lock_connection(
-        session,
-        environment=envelope.environment or default_environment,
-        integration_id=envelope.integration_id,
-        connection_id=envelope.connection_id,
-        provider=clean_text(payload.get("provider")),
-        auth_mode=clean_text(payload.get("authMode"), limit=64),
-        status=target,
-        attribution=attribution,
-        now=now,
-    )
-    if not created:
-        await merge_attribution(session, connection=connection, attribution=attribution)
     error_type, error_description = _error(payload)
+    provider = clean_text(payload.get("provider"))
+    auth_mode = clean_text(payload.get("authMode"), limit=64)
+    attribution = Attribution.from_nango(tags=payload.get("tags"), end_user=payload.get("endUser"))
+    connection, created = await store.lock_connection(
+        tx,
+        store.new_connection_values(
+            environment=envelope.environment or default_environment,
+            integration_id=envelope.integration_id,
+            connection_id=envelope.connection_id,
+            provider=provider,
+            auth_mode=auth_mode,
+            status=target,
+            attribution=attribution,
+            error_type=error_type,
+            error_description=error_description,
+            now=now,
+        ),
+    )
     detail: dict[str, Any] = {"operation": operation}
     if error_type:
         detail["error_type"] = error_type
 
-    if not created and connection.status == ConnectionStatus.DELETED:
-        detail["ignored"] = "the connection is deleted"
-        target = ConnectionStatus.DELETED
-    elif not created and operation == "creation":
-        # A creation for a known connection is late or repeated; what came after it stands.
-        detail["ignored"] = "the connection already exists"
-        target = ConnectionStatus(connection.status)
-
-    if "ignored" in detail:
-        await record_event(
-            session,
-            connection=connection,
+    def history(from_status: str | None, to_status: str) -> dict[str, Any]:
+        return store.history_row(
+            connection,
             source=SOURCE,
             action=operation,
             success=envelope.success,
-            from_status=connection.status,
-            to_status=connection.status,
+            from_status=from_status,
+            to_status=to_status,
             delivery_id=delivery_id,
             detail=detail,
             now=now,
         )
+
+    if created:
+        # Inserted with its owner, tags, status and error: nothing left to write but history.
+        await store.record_history(tx, [history(None, target)])
         return DeliveryOutcome.APPLIED
 
-    await change_status(
-        session,
-        connection=connection,
-        status=target,
+    changed, tags_changed = store.merge_owner(connection, attribution)
+    if (provider and provider != connection.provider) or (
+        auth_mode and auth_mode != connection.auth_mode
+    ):
+        connection.provider = provider or connection.provider
+        connection.auth_mode = auth_mode or connection.auth_mode
+        changed = True
+    if tags_changed:
+        await store.reindex_tags(tx, connection)
+    if connection.status == ConnectionStatus.DELETED:
+        detail["ignored"] = "the connection is deleted"
+    elif operation == "creation":
+        # A creation for a known connection is late or repeated; what came after it stands.
+        detail["ignored"] = "the connection already exists"
+
+    if "ignored" in detail:
+        if changed:
+            connection.updated_at = now
+            await store.save(tx, connection)
+        await store.record_history(tx, [history(connection.status, connection.status)])
+        return DeliveryOutcome.APPLIED
+
+    await store.change_status(
+        tx,
+        connection,
+        target,
         source=SOURCE,
         action=operation,
         success=envelope.success,
@@ -161,39 +192,29 @@ async def apply_auth_event(
         error_description=error_description,
         delivery_id=delivery_id,
         detail=detail,
-        created=created,
         now=now,
     )
     return DeliveryOutcome.APPLIED
 
 
 async def record_sync_result(
-    session: AsyncSession, *, payload: Mapping[str, Any], envelope: Envelope
+    tx: Transaction, *, payload: Mapping[str, Any], envelope: Envelope
 ) -> DeliveryOutcome:
-    """Keep the last sync's outcome on the connection, so readers can tell if data is fresh.
-
-    Sync bodies carry no environment, so every live connection with that integration and
-    connection ID is updated (legacy IDs repeat only across integrations, not within one).
-    """
+    """Keep the last sync's outcome on the connection, so readers can tell if data is fresh."""
     if not envelope.connection_id or not envelope.integration_id:
         return DeliveryOutcome.RECORDED
-    query = select(Connection).where(
-        col(Connection.integration_id) == envelope.integration_id,
-        col(Connection.connection_id) == envelope.connection_id,
-        col(Connection.status) != ConnectionStatus.DELETED,
-    )
-    if envelope.environment:
-        query = query.where(col(Connection.environment) == envelope.environment)
-    connections = (await session.execute(query.with_for_update())).scalars().all()
-    if not connections:
-        return DeliveryOutcome.RECORDED
-    now = utcnow()
     _, error_description = _error(payload)
-    for connection in connections:
-        connection.last_sync_name = clean_text(payload.get("syncName"))
-        connection.last_sync_model = clean_text(payload.get("model"))
-        connection.last_sync_success = envelope.success
-        connection.last_sync_at = now
-        connection.last_sync_error = None if envelope.success else error_description
-        connection.updated_at = now
-    return DeliveryOutcome.APPLIED
+    updated = await tx.fetchall(
+        RECORD_SYNC if envelope.environment is None else RECORD_SYNC_IN_ENVIRONMENT,
+        {
+            "name": clean_text(payload.get("syncName")),
+            "model": clean_text(payload.get("model")),
+            "success": envelope.success,
+            "error": None if envelope.success else error_description,
+            "now": utcnow(),
+            "connection_id": envelope.connection_id,
+            "integration_id": envelope.integration_id,
+            "environment": envelope.environment,
+        },
+    )
+    return DeliveryOutcome.APPLIED if updated else DeliveryOutcome.RECORDED

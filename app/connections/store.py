@@ -1,216 +1,203 @@
-"""Storing connections: concurrency-safe upserts, attribution merges, tags and history.
+"""Writing connections: concurrency-safe upserts, attribution merges, tags and history.
 
-Every writer (webhooks, reconcile, CSV import, the API's delete) goes through these functions,
-so the rules hold whatever the source: attribution is merged and never erased, every tag is
-indexed in ``connection_tags``, and every change is kept in ``connection_events``.
+Every writer (webhooks, reconcile, CSV import, the API) goes through these functions, so the
+rules hold whatever the source: attribution is merged and never erased, every tag is indexed in
+``connection_tags``, and every change is kept in ``connection_events`` (the history).
+
+A connection is changed in memory and written back with ``save``, one UPDATE of every mutable
+column: simpler to follow than per-field statements, and as cheap for a row this narrow.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from datetime import datetime
-from functools import cache
 from typing import Any
 
-from sqlalchemy import Table, delete, insert
-from sqlalchemy.dialects.postgresql import insert as postgres_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import col, select
-
-from app.db.models import Connection, ConnectionEvent, ConnectionStatus, ConnectionTag
+from app.connections.model import (
+    ATTRIBUTION_FIELDS,
+    COLUMNS,
+    MAX_TAG_KEY,
+    MAX_TAG_VALUE,
+    Attribution,
+    Connection,
+    ConnectionStatus,
+)
+from app.db.database import Transaction, sql
 from app.db.types import utcnow
 
-TAGS_TABLE: Table = ConnectionTag.metadata.tables["connection_tags"]
-EVENTS_TABLE: Table = ConnectionEvent.metadata.tables["connection_events"]
+# What a new row is inserted with; the rest of the columns start empty.
+NEW_COLUMNS = (
+    "environment",
+    "integration_id",
+    "connection_id",
+    "provider",
+    "auth_mode",
+    *ATTRIBUTION_FIELDS,
+    "tags",
+    "status",
+    "error_type",
+    "error_description",
+    "error_since",
+    "created_at",
+    "updated_at",
+    "deleted_at",
+)
+MUTABLE_COLUMNS = (
+    "provider",
+    "auth_mode",
+    *ATTRIBUTION_FIELDS,
+    "tags",
+    "status",
+    "error_type",
+    "error_description",
+    "error_since",
+    "last_sync_name",
+    "last_sync_model",
+    "last_sync_success",
+    "last_sync_at",
+    "last_sync_error",
+    "updated_at",
+    "deleted_at",
+)
 
-MAX_TAG_KEY = 64
-MAX_TAG_VALUE = 255
-MAX_TEXT = 255
-
-
-def clean_text(value: object, *, limit: int = MAX_TEXT) -> str | None:
-    """A string fit for any column on both databases, or None.
-
-    Postgres refuses NUL characters and lone surrogates, both of which valid JSON can carry.
-    """
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, int | float):
-        value = str(value)
-    if not isinstance(value, str):
-        return None
-    text = value.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
-    text = text.strip()
-    return text[:limit] if text else None
-
-
-def clean_tags(value: object) -> dict[str, str]:
-    if not isinstance(value, Mapping):
-        return {}
-    tags: dict[str, str] = {}
-    for raw_key, raw_value in value.items():
-        key = clean_text(raw_key, limit=MAX_TAG_KEY)
-        text = clean_text(raw_value, limit=4096)
-        if key is not None and text is not None:
-            tags[key] = text
-    return tags
-
-
-ATTRIBUTION_FIELDS = (
-    "end_user_id",
-    "end_user_email",
-    "end_user_display_name",
-    "organization_id",
-    "organization_display_name",
+INSERT_CONNECTION = sql(
+    f"INSERT INTO connections ({', '.join(NEW_COLUMNS)})"  # noqa: S608 (fixed column names)
+    f" VALUES ({', '.join(':' + name for name in NEW_COLUMNS)})"
+    " ON CONFLICT (environment, integration_id, connection_id) DO NOTHING"
+    f" RETURNING {COLUMNS}"
+)
+LOCK_CONNECTION = sql(
+    f"SELECT {COLUMNS} FROM connections"  # noqa: S608
+    " WHERE environment = :environment AND integration_id = :integration_id"
+    " AND connection_id = :connection_id",
+    lock=True,
+)
+LOCK_BY_PK = sql(f"SELECT {COLUMNS} FROM connections WHERE id = :id", lock=True)  # noqa: S608
+SAVE_CONNECTION = sql(
+    "UPDATE connections SET "  # noqa: S608
+    + ", ".join(f"{name} = :{name}" for name in MUTABLE_COLUMNS)
+    + " WHERE id = :id"
+)
+DELETE_TAGS = sql("DELETE FROM connection_tags WHERE connection_pk = :connection_pk")
+INSERT_TAG = sql(
+    "INSERT INTO connection_tags (connection_pk, key, value) VALUES (:connection_pk, :key, :value)"
+)
+HISTORY_COLUMNS = (
+    "connection_pk",
+    "delivery_id",
+    "source",
+    "action",
+    "success",
+    "from_status",
+    "to_status",
+    "detail",
+    "created_at",
+)
+INSERT_HISTORY = sql(
+    f"INSERT INTO connection_events ({', '.join(HISTORY_COLUMNS)})"  # noqa: S608
+    f" VALUES ({', '.join(':' + name for name in HISTORY_COLUMNS)})"
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Attribution:
-    """Who owns a connection, as far as one source knows. Missing fields are None."""
-
-    end_user_id: str | None = None
-    end_user_email: str | None = None
-    end_user_display_name: str | None = None
-    organization_id: str | None = None
-    organization_display_name: str | None = None
-    tags: dict[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def from_nango(cls, *, tags: object, end_user: object) -> Attribution:
-        """Tags first (the current API), then the deprecated ``endUser``/``end_user`` object."""
-        clean = clean_tags(tags)
-        legacy: Mapping[str, Any] = end_user if isinstance(end_user, Mapping) else {}
-
-        def pick(tag: str, *legacy_keys: str) -> str | None:
-            if clean.get(tag):
-                return clean_text(clean[tag])
-            for name in legacy_keys:
-                found = clean_text(legacy.get(name))
-                if found:
-                    return found
-            return None
-
-        return cls(
-            end_user_id=pick("end_user_id", "endUserId", "id"),
-            end_user_email=pick("end_user_email", "endUserEmail", "email"),
-            end_user_display_name=pick("end_user_display_name", "displayName", "display_name"),
-            organization_id=pick("organization_id", "organizationId", "organization_id"),
-            organization_display_name=pick("organization_display_name"),
-            tags=clean,
-        )
-
-
-@cache
-def _insert_connection(dialect: str) -> Any:
-    """Built once: building an INSERT per request costs more CPU than sending it."""
-    insert = postgres_insert if dialect == "postgresql" else sqlite_insert
-    return (
-        insert(Connection)
-        .on_conflict_do_nothing(index_elements=["environment", "integration_id", "connection_id"])
-        .returning(Connection)
-        .execution_options(populate_existing=True)
-    )
-
-
-async def lock_connection(
-    session: AsyncSession,
+def new_connection_values(
     *,
     environment: str,
     integration_id: str,
     connection_id: str,
     provider: str | None = None,
     auth_mode: str | None = None,
-    status: ConnectionStatus = ConnectionStatus.ACTIVE,
+    status: str = ConnectionStatus.ACTIVE,
     attribution: Attribution | None = None,
+    error_type: str | None = None,
+    error_description: str | None = None,
     now: datetime | None = None,
-) -> tuple[Connection, bool]:
-    """Return the connection, creating it if missing, locked for the rest of the transaction.
-
-    ``INSERT .. ON CONFLICT DO NOTHING`` then ``SELECT .. FOR UPDATE`` makes concurrent first
-    events for one connection create exactly one row and apply one after the other. A row this
-    transaction inserted comes back from ``RETURNING`` and needs no ``FOR UPDATE``: until commit
-    no other transaction sees it, and a concurrent insert of the same key waits on it. A new
-    row is inserted with ``attribution`` (and its tags indexed) at once.
-    """
-    values = new_connection_row(
-        environment=environment,
-        integration_id=integration_id,
-        connection_id=connection_id,
-        provider=provider,
-        auth_mode=auth_mode,
-        status=status,
-        attribution=attribution,
-        now=now or utcnow(),
-    )
-    for inserted in await insert_connections(session, rows=[values]):
-        return inserted, True
-    query = (
-        select(Connection)
-        .where(
-            col(Connection.environment) == environment,
-            col(Connection.integration_id) == integration_id,
-            col(Connection.connection_id) == connection_id,
-        )
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
-    connection = (await session.execute(query)).scalar_one()
-    connection.provider = provider or connection.provider
-    connection.auth_mode = auth_mode or connection.auth_mode
-    return connection, False
-
-
-async def insert_connections(
-    session: AsyncSession, *, rows: list[dict[str, Any]]
-) -> list[Connection]:
-    """Insert new connections (and index their tags) in two statements; rows whose key exists
-    already are skipped and not returned: the caller locks and updates those instead."""
-    statement = _insert_connection(session.get_bind().dialect.name)
-    inserted = list((await session.execute(statement, rows)).scalars())
-    tag_rows = [row for connection in inserted for row in _tag_rows(connection)]
-    if tag_rows:
-        await session.execute(insert(TAGS_TABLE), tag_rows)
-    return inserted
-
-
-def new_connection_row(
-    *,
-    environment: str,
-    integration_id: str,
-    connection_id: str,
-    provider: str | None,
-    auth_mode: str | None,
-    status: ConnectionStatus,
-    attribution: Attribution | None,
-    now: datetime,
 ) -> dict[str, Any]:
+    """The values a connection is inserted with: its owner, tags and status from the start."""
     owner = attribution or Attribution()
+    now = now or utcnow()
+    broken = status == ConnectionStatus.AUTH_ERROR
     return {
         "environment": environment,
         "integration_id": integration_id,
         "connection_id": connection_id,
         "provider": provider,
         "auth_mode": auth_mode,
-        **{name: getattr(owner, name) for name in ATTRIBUTION_FIELDS},
+        "end_user_id": owner.end_user_id,
+        "end_user_email": owner.end_user_email,
+        "end_user_display_name": owner.end_user_display_name,
+        "organization_id": owner.organization_id,
+        "organization_display_name": owner.organization_display_name,
         "tags": owner.tags,
-        "status": status,
+        "status": str(status),
+        "error_type": error_type if broken else None,
+        "error_description": error_description if broken else None,
+        "error_since": now if broken else None,
         "created_at": now,
         "updated_at": now,
+        # A deletion for a connection never seen leaves a tombstone.
+        "deleted_at": now if status == ConnectionStatus.DELETED else None,
     }
 
 
-async def merge_attribution(
-    session: AsyncSession,
-    *,
-    connection: Connection,
-    attribution: Attribution,
-) -> bool:
-    """Fill in what the source knows; never erase what is stored. Returns True if changed.
+async def insert_connection(tx: Transaction, values: dict[str, Any]) -> Connection | None:
+    """Insert a new connection with its tags; None when its key exists already."""
+    row = await tx.fetchone(INSERT_CONNECTION, values)
+    if row is None:
+        return None
+    connection = Connection(*row)
+    await tx.executemany(INSERT_TAG, _tag_rows(connection))
+    return connection
 
-    For a stored connection: a new one gets its owner and tags when it is inserted.
+
+async def lock_connection(tx: Transaction, values: dict[str, Any]) -> tuple[Connection, bool]:
+    """The connection ``values`` names, created from them if missing, locked until commit.
+
+    ``INSERT .. ON CONFLICT DO NOTHING`` then ``SELECT .. FOR UPDATE`` makes concurrent first
+    events for one connection create exactly one row and apply one after the other. A row this
+    transaction inserted needs no lock: until commit no other transaction sees it, and a
+    concurrent insert of the same key waits on it. Returns ``(connection, created)``.
+    """
+    inserted = await insert_connection(tx, values)
+    if inserted is not None:
+        return inserted, True
+    row = await tx.fetchone(LOCK_CONNECTION, values)
+    if row is None:  # deleted between the two statements (only a test does that)
+        raise LookupError("the connection vanished while it was being locked")
+    return Connection(*row), False
+
+
+async def lock_connection_by_pk(tx: Transaction, pk: int) -> Connection | None:
+    row = await tx.fetchone(LOCK_BY_PK, {"id": pk})
+    return None if row is None else Connection(*row)
+
+
+async def save(tx: Transaction, connection: Connection) -> None:
+    """Write back every mutable column of a connection changed in memory."""
+    values = {name: getattr(connection, name) for name in MUTABLE_COLUMNS}
+    values["id"] = connection.id
+    await tx.execute(SAVE_CONNECTION, values)
+
+
+def _tag_rows(connection: Connection) -> list[dict[str, Any]]:
+    return [
+        {"connection_pk": connection.id, "key": key, "value": value}
+        for key, value in connection.tags.items()
+        # Over-long values stay in the JSON tags but are not indexed for tag[KEY]=VALUE lookups.
+        if len(key) <= MAX_TAG_KEY and len(value) <= MAX_TAG_VALUE
+    ]
+
+
+async def reindex_tags(tx: Transaction, connection: Connection) -> None:
+    await tx.execute(DELETE_TAGS, {"connection_pk": connection.id})
+    await tx.executemany(INSERT_TAG, _tag_rows(connection))
+
+
+def merge_owner(connection: Connection, attribution: Attribution) -> tuple[bool, bool]:
+    """Fill in what the source knows, in memory; never erase what is stored.
+
+    Returns ``(changed, tags_changed)``: the caller saves, and re-indexes the tags if they
+    changed (``merge_attribution`` does both).
     """
     changed = False
     for name in ATTRIBUTION_FIELDS:
@@ -218,56 +205,33 @@ async def merge_attribution(
         if value is not None and getattr(connection, name) != value:
             setattr(connection, name, value)
             changed = True
-    merged = {**(connection.tags or {}), **attribution.tags}
-    if merged != (connection.tags or {}):
+    merged = {**connection.tags, **attribution.tags}
+    tags_changed = merged != connection.tags
+    if tags_changed:
         connection.tags = merged
-        await _reindex_tags(session, connection=connection)
-        changed = True
+    return changed or tags_changed, tags_changed
+
+
+async def merge_attribution(
+    tx: Transaction, connection: Connection, attribution: Attribution
+) -> bool:
+    """``merge_owner``, with the tags re-indexed; the caller saves. Returns True if changed."""
+    changed, tags_changed = merge_owner(connection, attribution)
+    if tags_changed:
+        await reindex_tags(tx, connection)
     return changed
 
 
-def _tag_rows(connection: Connection) -> list[dict[str, Any]]:
-    return [
-        {"connection_pk": connection.id, "key": key, "value": value}
-        for key, value in (connection.tags or {}).items()
-        # Over-long values stay in the JSON tags but are not indexed for tag[KEY]=VALUE lookups.
-        if len(key) <= MAX_TAG_KEY and len(value) <= MAX_TAG_VALUE
-    ]
-
-
-async def _reindex_tags(session: AsyncSession, *, connection: Connection) -> None:
-    assert connection.id is not None
-    await session.execute(
-        delete(ConnectionTag).where(col(ConnectionTag.connection_pk) == connection.id)
-    )
-    rows = _tag_rows(connection)
-    if rows:
-        # The table, not the ORM entity: a plain executemany, without the ORM's bulk machinery.
-        await session.execute(insert(TAGS_TABLE), rows)
-
-
-async def change_status(
-    session: AsyncSession,
-    *,
+def set_status(
     connection: Connection,
-    status: ConnectionStatus,
-    source: str,
-    action: str,
-    success: bool | None = None,
+    status: str,
+    *,
     error_type: str | None = None,
     error_description: str | None = None,
-    delivery_id: int | None = None,
-    detail: dict[str, Any] | None = None,
-    created: bool = False,
-    now: datetime | None = None,
-) -> None:
-    """Move a connection to ``status`` (or confirm it) and record why in its history.
-
-    ``created`` says the connection was inserted in this transaction: its history then starts
-    from no status.
-    """
-    now = now or utcnow()
-    previous: str | None = None if created else connection.status
+    now: datetime,
+) -> str:
+    """Move a connection to ``status`` in memory; returns the status it had."""
+    previous = connection.status
     connection.status = status
     if status == ConnectionStatus.ACTIVE:
         connection.error_type = connection.error_description = None
@@ -280,24 +244,12 @@ async def change_status(
     elif status == ConnectionStatus.DELETED and connection.deleted_at is None:
         connection.deleted_at = now
     connection.updated_at = now
-    await record_event(
-        session,
-        connection=connection,
-        source=source,
-        action=action,
-        success=success,
-        from_status=previous,
-        to_status=status,
-        delivery_id=delivery_id,
-        detail=detail,
-        now=now,
-    )
+    return previous
 
 
-async def record_event(
-    session: AsyncSession,
-    *,
+def history_row(
     connection: Connection,
+    *,
     source: str,
     action: str,
     success: bool | None = None,
@@ -306,26 +258,60 @@ async def record_event(
     delivery_id: int | None = None,
     detail: dict[str, Any] | None = None,
     now: datetime | None = None,
+) -> dict[str, Any]:
+    return {
+        "connection_pk": connection.id,
+        "delivery_id": delivery_id,
+        "source": source,
+        "action": action,
+        "success": success,
+        "from_status": from_status,
+        "to_status": to_status,
+        "detail": detail or {},
+        "created_at": now or utcnow(),
+    }
+
+
+async def record_history(tx: Transaction, rows: Sequence[dict[str, Any]]) -> None:
+    if len(rows) == 1:
+        await tx.execute(INSERT_HISTORY, rows[0])
+    else:
+        await tx.executemany(INSERT_HISTORY, rows)
+
+
+async def change_status(
+    tx: Transaction,
+    connection: Connection,
+    status: str,
+    *,
+    source: str,
+    action: str,
+    success: bool | None = None,
+    error_type: str | None = None,
+    error_description: str | None = None,
+    delivery_id: int | None = None,
+    detail: dict[str, Any] | None = None,
+    now: datetime | None = None,
 ) -> None:
-    assert connection.id is not None
-    await record_events(
-        session,
-        rows=[
-            {
-                "connection_pk": connection.id,
-                "delivery_id": delivery_id,
-                "source": source,
-                "action": action,
-                "success": success,
-                "from_status": from_status,
-                "to_status": to_status,
-                "detail": detail or {},
-                "created_at": now or utcnow(),
-            }
+    """Move a stored connection to ``status`` (or confirm it), save it, record why."""
+    now = now or utcnow()
+    previous = set_status(
+        connection, status, error_type=error_type, error_description=error_description, now=now
+    )
+    await save(tx, connection)
+    await record_history(
+        tx,
+        [
+            history_row(
+                connection,
+                source=source,
+                action=action,
+                success=success,
+                from_status=previous,
+                to_status=status,
+                delivery_id=delivery_id,
+                detail=detail,
+                now=now,
+            )
         ],
     )
-
-
-async def record_events(session: AsyncSession, *, rows: list[dict[str, Any]]) -> None:
-    """History rows, as plain inserts: they are never read back in the transaction."""
-    await session.execute(insert(EVENTS_TABLE), rows)

@@ -11,18 +11,20 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, or_
-from sqlalchemy.dialects.postgresql import insert as postgres_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import col
-
-from app.db.models import Lease
+from app.db.database import Transaction, sql
 from app.db.types import utcnow
+
+ACQUIRE = sql(
+    "INSERT INTO leases (name, holder, expires_at) VALUES (:name, :holder, :expires_at)"
+    " ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at"
+    " WHERE leases.expires_at <= :now OR leases.holder = :holder"
+    " RETURNING holder"
+)
+RELEASE = sql("DELETE FROM leases WHERE name = :name AND holder = :holder")
 
 
 async def acquire_lease(
-    session: AsyncSession,
+    tx: Transaction,
     *,
     name: str,
     holder: str,
@@ -31,15 +33,11 @@ async def acquire_lease(
 ) -> bool:
     """Take (or extend, for its current holder) the lease until ``now + ttl``."""
     now = now or utcnow()
-    insert = postgres_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    values = insert(Lease).values(name=name, holder=holder, expires_at=now + ttl)
-    statement = values.on_conflict_do_update(
-        index_elements=["name"],
-        set_={"holder": values.excluded.holder, "expires_at": values.excluded.expires_at},
-        where=or_(col(Lease.expires_at) <= now, col(Lease.holder) == holder),
-    ).returning(col(Lease.holder))
-    return (await session.execute(statement)).scalar_one_or_none() == holder
+    row = await tx.fetchone(
+        ACQUIRE, {"name": name, "holder": holder, "expires_at": now + ttl, "now": now}
+    )
+    return row is not None and row[0] == holder
 
 
-async def release_lease(session: AsyncSession, *, name: str, holder: str) -> None:
-    await session.execute(delete(Lease).where(col(Lease.name) == name, col(Lease.holder) == holder))
+async def release_lease(tx: Transaction, *, name: str, holder: str) -> None:
+    await tx.execute(RELEASE, {"name": name, "holder": holder})

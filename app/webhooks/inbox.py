@@ -7,42 +7,65 @@ so the older row's key is archived as ``<sha256>#<id>`` and the new delivery is 
 
 Storing and applying share one transaction, so a delivery is never stored without its effect
 nor applied without being stored. When applying fails with a bug or unexpected data, that
-transaction is rolled back and the delivery alone is stored in a second one, with the error
-(``outcome = failed``), for ``nango-registry replay``; Nango still gets its 2xx, since a retry
-would fail the same way. Only a database that cannot commit makes the request fail (503).
+transaction is rolled back and the failure is written in a second one (``outcome = failed``,
+with the error) for ``nango-registry replay``; Nango still gets its 2xx, since a retry would
+fail the same way. Only a database that cannot commit makes the request fail (503). Replaying
+a stored delivery follows the same two steps.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
-from functools import cache
+from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
-from sqlalchemy import Table, update
-from sqlalchemy.dialects.postgresql import insert as postgres_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlmodel import col, select
-
+from app.connections.model import clean_text
 from app.connections.state import apply_delivery, expected_outcome
-from app.connections.store import clean_text
-from app.db.models import Delivery, DeliveryOutcome
+from app.db.database import Database, Transaction, sql
 from app.db.types import utcnow
 from app.errors import is_database_unavailable
 from app.logs import get_logger
+from app.webhooks.model import DeliveryOutcome
 from app.webhooks.payloads import Envelope
 
 log = get_logger(__name__)
 
-# The table, not the ORM entity, on the hot path: plain Core statements skip the ORM's bulk
-# insert/update machinery (and its identity-map synchronisation), which profiling showed to cost
-# more CPU than the rest of the request.
-DELIVERIES: Table = Delivery.metadata.tables["deliveries"]
-
 # Headers worth keeping for diagnosis. Signatures are never stored.
 KEPT_HEADERS = ("content-type", "user-agent", "x-request-id", "x-forwarded-for")
+
+_INSERT_COLUMNS = (
+    "dedupe_key",
+    "received_at",
+    "webhook_type",
+    "operation",
+    "success",
+    "environment",
+    "integration_id",
+    "connection_id",
+    "body",
+    "headers",
+    "outcome",
+    "error",
+    "processed_at",
+    "attempts",
+)
+INSERT_DELIVERY = sql(
+    f"INSERT INTO deliveries ({', '.join(_INSERT_COLUMNS)})"  # noqa: S608 (fixed names)
+    f" VALUES ({', '.join(':' + name for name in _INSERT_COLUMNS)})"
+    " ON CONFLICT (dedupe_key) DO NOTHING RETURNING id"
+)
+FIND_BY_KEY = sql("SELECT id, received_at FROM deliveries WHERE dedupe_key = :key", lock=True)
+ARCHIVE_KEY = sql(
+    "UPDATE deliveries SET dedupe_key = :archived WHERE id = :id AND dedupe_key = :key"
+)
+SET_OUTCOME = sql("UPDATE deliveries SET outcome = :outcome WHERE id = :id")
+MARK_PROCESSED = sql(
+    "UPDATE deliveries SET outcome = :outcome, error = :error, processed_at = :now,"
+    " attempts = attempts + 1 WHERE id = :id"
+)
 
 
 def dedupe_key(body: bytes) -> str:
@@ -65,19 +88,8 @@ class IngestResult:
     error: str | None = None
 
 
-@cache
-def _insert_delivery(dialect: str) -> Any:
-    """Built once: building an INSERT per request costs more CPU than sending it."""
-    insert = postgres_insert if dialect == "postgresql" else sqlite_insert
-    return (
-        insert(DELIVERIES)
-        .on_conflict_do_nothing(index_elements=["dedupe_key"])
-        .returning(DELIVERIES.c.id)
-    )
-
-
 async def record_delivery(
-    session: AsyncSession,
+    tx: Transaction,
     *,
     body: bytes,
     envelope: Envelope,
@@ -85,12 +97,12 @@ async def record_delivery(
     dedupe_window_seconds: int,
     outcome: DeliveryOutcome = DeliveryOutcome.RECORDED,
     error: str | None = None,
+    now: datetime | None = None,
 ) -> int | None:
     """Insert the delivery; return its ID, or None when it is a duplicate."""
     key = dedupe_key(body)
-    now = utcnow()
+    now = now or utcnow()
     processed = outcome != DeliveryOutcome.RECORDED or error is not None
-    statement = _insert_delivery(session.get_bind().dialect.name)
     values = {
         "dedupe_key": key,
         "received_at": now,
@@ -102,7 +114,7 @@ async def record_delivery(
         "connection_id": envelope.connection_id,
         "body": body.decode("utf-8"),
         "headers": headers,
-        "outcome": outcome,
+        "outcome": str(outcome),
         "error": error,
         "processed_at": now if processed else None,
         "attempts": 1 if processed else 0,
@@ -110,30 +122,23 @@ async def record_delivery(
     # Bounded: each turn either inserts, finds a duplicate, or archives a stale row that a
     # concurrent request had not archived yet.
     for _ in range(5):
-        inserted = (await session.execute(statement, values)).scalar_one_or_none()
+        inserted = await tx.fetchone(INSERT_DELIVERY, values)
         if inserted is not None:
-            return int(inserted)
-        existing = (
-            await session.execute(
-                select(col(Delivery.id), col(Delivery.received_at))
-                .where(col(Delivery.dedupe_key) == key)
-                .with_for_update()
-            )
-        ).first()
+            return int(inserted[0])
+        existing = await tx.fetchone(FIND_BY_KEY, {"key": key})
         if existing is None:
             continue
+        existing_id, received_at = existing
         window = dedupe_window_seconds
-        if window == 0 or now - existing.received_at < timedelta(seconds=window):
+        if window == 0 or now - received_at < timedelta(seconds=window):
             return None
-        await session.execute(
-            update(Delivery)
-            .where(col(Delivery.id) == existing.id, col(Delivery.dedupe_key) == key)
-            .values(dedupe_key=f"{key}#{existing.id}")
+        await tx.execute(
+            ARCHIVE_KEY, {"archived": f"{key}#{existing_id}", "id": existing_id, "key": key}
         )
     raise RuntimeError("could not store the delivery after repeated dedupe conflicts")
 
 
-def _failure(error: Exception) -> str:
+def failure_text(error: Exception) -> str:
     """What a delivery that failed to apply keeps for ``replay``.
 
     A database that is down is not the delivery's fault: that error goes on up (a 503, so
@@ -145,43 +150,27 @@ def _failure(error: Exception) -> str:
     return f"{type(error).__name__}: {error}"[:2000]
 
 
-async def process_delivery(
-    session: AsyncSession,
+async def apply_or_fail(
+    database: Database,
     *,
-    delivery_id: int,
-    payload: Any,
-    envelope: Envelope,
-    default_environment: str,
+    apply: Callable[[Transaction], Awaitable[IngestResult]],
+    fail: Callable[[Transaction, str], Awaitable[IngestResult]],
 ) -> IngestResult:
-    """Apply a stored delivery in a savepoint and record the outcome on it."""
-    error_text: str | None = None
+    """Run ``apply`` in one transaction; if it raises, roll back and run ``fail`` in another.
+
+    ``apply`` raising before it stored anything worth keeping (a database outage) propagates.
+    """
     try:
-        async with session.begin_nested():
-            outcome = await apply_delivery(
-                session,
-                delivery_id=delivery_id,
-                payload=payload,
-                envelope=envelope,
-                default_environment=default_environment,
-            )
+        async with database.transaction() as tx:
+            return await apply(tx)
     except Exception as error:
-        outcome = DeliveryOutcome.FAILED
-        error_text = _failure(error)
-    await session.execute(
-        update(DELIVERIES)
-        .where(DELIVERIES.c.id == delivery_id)
-        .values(
-            outcome=outcome,
-            error=error_text,
-            processed_at=utcnow(),
-            attempts=DELIVERIES.c.attempts + 1,
-        )
-    )
-    return IngestResult(delivery_id, outcome, error_text)
+        error_text = failure_text(error)
+    async with database.transaction() as tx:
+        return await fail(tx, error_text)
 
 
 async def ingest(
-    sessionmaker: async_sessionmaker[AsyncSession],
+    database: Database,
     *,
     body: bytes,
     payload: Any,
@@ -191,46 +180,43 @@ async def ingest(
     default_environment: str,
 ) -> IngestResult:
     """Store and apply one delivery; returns once it is committed."""
-
-    async def store(
-        session: AsyncSession, outcome: DeliveryOutcome, error: str | None = None
-    ) -> int | None:
-        return await record_delivery(
-            session,
-            body=body,
-            envelope=envelope,
-            headers=headers,
-            dedupe_window_seconds=dedupe_window_seconds,
-            outcome=outcome,
-            error=error,
-        )
-
     expected = expected_outcome(envelope)
-    applying = False
-    try:
-        async with sessionmaker() as session, session.begin():
-            delivery_id = await store(session, expected)
-            if delivery_id is None:
-                return IngestResult(None, "duplicate")
-            applying = True
-            outcome = await apply_delivery(
-                session,
-                delivery_id=delivery_id,
-                payload=payload,
-                envelope=envelope,
-                default_environment=default_environment,
-            )
-            if outcome != expected:
-                await session.execute(
-                    update(DELIVERIES).where(DELIVERIES.c.id == delivery_id).values(outcome=outcome)
-                )
-            return IngestResult(delivery_id, outcome)
-    except Exception as error:
-        if not applying:
-            raise
-        error_text = _failure(error)
-    async with sessionmaker() as session, session.begin():
-        delivery_id = await store(session, DeliveryOutcome.FAILED, error_text)
-    if delivery_id is None:  # a concurrent copy of this delivery got in first
-        return IngestResult(None, "duplicate")
-    return IngestResult(delivery_id, DeliveryOutcome.FAILED, error_text)
+    store = partial(
+        record_delivery,
+        body=body,
+        envelope=envelope,
+        headers=headers,
+        dedupe_window_seconds=dedupe_window_seconds,
+    )
+
+    async def store_and_apply(tx: Transaction) -> IngestResult:
+        delivery_id = await store(tx, outcome=expected)
+        if delivery_id is None:
+            return IngestResult(None, "duplicate")
+        outcome = await apply_delivery(
+            tx,
+            delivery_id=delivery_id,
+            payload=payload,
+            envelope=envelope,
+            default_environment=default_environment,
+        )
+        if outcome != expected:
+            await tx.execute(SET_OUTCOME, {"outcome": str(outcome), "id": delivery_id})
+        return IngestResult(delivery_id, outcome)
+
+    async def store_failed(tx: Transaction, error_text: str) -> IngestResult:
+        delivery_id = await store(tx, outcome=DeliveryOutcome.FAILED, error=error_text)
+        if delivery_id is None:  # a concurrent copy of this delivery got in first
+            return IngestResult(None, "duplicate")
+        return IngestResult(delivery_id, DeliveryOutcome.FAILED, error_text)
+
+    return await apply_or_fail(database, apply=store_and_apply, fail=store_failed)
+
+
+async def mark_processed(
+    tx: Transaction, *, delivery_id: int, outcome: str, error: str | None = None
+) -> None:
+    await tx.execute(
+        MARK_PROCESSED,
+        {"outcome": outcome, "error": error, "now": utcnow(), "id": delivery_id},
+    )

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from app.connections.store import clean_text
+from app.connections.model import clean_text
 
 
 class InvalidBody(ValueError):

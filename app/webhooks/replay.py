@@ -2,24 +2,31 @@
 
 By default only deliveries whose processing failed are replayed; once one applies it is no
 longer ``failed``, so running replay twice changes nothing. ``include_all`` re-applies every
-delivery; the history rows a delivery already produced are replaced, not repeated.
+delivery; the history rows a delivery already produced are replaced, not repeated. Each
+delivery is applied like a new one (``app.webhooks.inbox.apply_or_fail``): in one transaction,
+and if that raises, marked failed again in another.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 
-from sqlalchemy import delete
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlmodel import col, select
-
-from app.db.models import ConnectionEvent, Delivery, DeliveryOutcome
-from app.webhooks.inbox import process_delivery
+from app.connections.state import apply_delivery
+from app.db.database import Database, Transaction, sql
+from app.webhooks.inbox import IngestResult, apply_or_fail, mark_processed
+from app.webhooks.model import DeliveryOutcome
 from app.webhooks.payloads import InvalidBody, parse_body, read_envelope
+
+NEXT_FAILED = sql(
+    "SELECT id FROM deliveries WHERE id > :after AND outcome = 'failed' ORDER BY id LIMIT :limit"
+)
+NEXT_ANY = sql("SELECT id FROM deliveries WHERE id > :after ORDER BY id LIMIT :limit")
+LOCK_BODY = sql("SELECT body FROM deliveries WHERE id = :id", lock=True)
+DELETE_HISTORY = sql("DELETE FROM connection_events WHERE delivery_id = :id")
 
 
 async def replay_deliveries(
-    sessionmaker: async_sessionmaker[AsyncSession],
+    database: Database,
     *,
     default_environment: str,
     include_all: bool = False,
@@ -28,36 +35,48 @@ async def replay_deliveries(
 ) -> dict[str, int]:
     counts: Counter[str] = Counter()
     cursor = after_id
+    query = NEXT_ANY if include_all else NEXT_FAILED
     while True:
-        async with sessionmaker() as session:
-            query = select(col(Delivery.id)).where(col(Delivery.id) > cursor)
-            if not include_all:
-                query = query.where(col(Delivery.outcome) == DeliveryOutcome.FAILED)
-            found_ids = await session.execute(query.order_by(col(Delivery.id)).limit(batch_size))
-            ids = [int(found) for found in found_ids.scalars().all() if found is not None]
+        async with database.reader() as tx:
+            ids = [
+                row[0] for row in await tx.fetchall(query, {"after": cursor, "limit": batch_size})
+            ]
         if not ids:
             return {"replayed": counts.total(), **counts}
         for delivery_id in ids:
             cursor = delivery_id
-            async with sessionmaker() as session, session.begin():
-                delivery = (
-                    await session.execute(
-                        select(Delivery).where(col(Delivery.id) == delivery_id).with_for_update()
-                    )
-                ).scalar_one()
-                try:
-                    payload = parse_body(delivery.body.encode("utf-8"))
-                except InvalidBody:
-                    counts["unparseable"] += 1
-                    continue
-                await session.execute(
-                    delete(ConnectionEvent).where(col(ConnectionEvent.delivery_id) == delivery_id)
-                )
-                result = await process_delivery(
-                    session,
-                    delivery_id=delivery_id,
-                    payload=payload,
-                    envelope=read_envelope(payload),
-                    default_environment=default_environment,
-                )
-                counts[result.outcome] += 1
+            result = await replay_one(
+                database, delivery_id=delivery_id, default_environment=default_environment
+            )
+            counts[result.outcome] += 1
+
+
+async def replay_one(
+    database: Database, *, delivery_id: int, default_environment: str
+) -> IngestResult:
+    async def reapply(tx: Transaction) -> IngestResult:
+        row = await tx.fetchone(LOCK_BODY, {"id": delivery_id})
+        if row is None:
+            return IngestResult(delivery_id, "missing")
+        try:
+            payload = parse_body(row[0].encode("utf-8"))
+        except InvalidBody:
+            return IngestResult(delivery_id, "unparseable")
+        await tx.execute(DELETE_HISTORY, {"id": delivery_id})
+        outcome = await apply_delivery(
+            tx,
+            delivery_id=delivery_id,
+            payload=payload,
+            envelope=read_envelope(payload),
+            default_environment=default_environment,
+        )
+        await mark_processed(tx, delivery_id=delivery_id, outcome=outcome)
+        return IngestResult(delivery_id, outcome)
+
+    async def mark_failed(tx: Transaction, error_text: str) -> IngestResult:
+        await mark_processed(
+            tx, delivery_id=delivery_id, outcome=DeliveryOutcome.FAILED, error=error_text
+        )
+        return IngestResult(delivery_id, DeliveryOutcome.FAILED, error_text)
+
+    return await apply_or_fail(database, apply=reapply, fail=mark_failed)

@@ -7,12 +7,12 @@ that can never be accepted gets a 4xx, and 429 and 410 are never used.
 
 from __future__ import annotations
 
-from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from app.errors import (
+    DRIVER_ERRORS,
     RETRY_AFTER_SECONDS,
     BadRequest,
     PayloadTooLarge,
@@ -27,6 +27,9 @@ from app.webhooks.payloads import InvalidBody, body_environment, parse_body, rea
 from app.webhooks.signature import verify_signature
 
 log = get_logger(__name__)
+
+# Whatever keeps a delivery from being committed; see receive_webhook.
+STORAGE_ERRORS: tuple[type[Exception], ...] = (*DRIVER_ERRORS, OSError, TimeoutError)
 
 
 async def read_limited(request: Request, limit: int) -> bytes:
@@ -101,7 +104,7 @@ async def receive_webhook(request: Request) -> JSONResponse:
     envelope = read_envelope(payload)
     try:
         result = await ingest(
-            state.sessionmaker,
+            state.database,
             body=body,
             payload=payload,
             envelope=envelope,
@@ -109,7 +112,7 @@ async def receive_webhook(request: Request) -> JSONResponse:
             dedupe_window_seconds=settings.webhook_dedupe_window_seconds,
             default_environment=settings.nango_environment,
         )
-    except (SQLAlchemyError, OSError, TimeoutError) as error:
+    except STORAGE_ERRORS as error:
         # Wider than the app-wide database handler on purpose: whatever kept this delivery from
         # being committed, Nango must retry it, so the answer is 503, never a 4xx or a 200.
         DATABASE_ERRORS.labels(operation="webhook").inc()

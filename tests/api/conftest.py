@@ -10,14 +10,14 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from app.db.models import Connection, ConnectionEvent, ConnectionTag, Delivery
+from app.db.tables import ConnectionEventTable, ConnectionTable, ConnectionTagTable, DeliveryTable
 
 _sequence = itertools.count(1)
 BASE_TIME = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def add_connection(engine: Engine, **fields: Any) -> int:
-    """Insert a connection and one ConnectionTag row per tag; return its primary key."""
+    """Insert a connection and one ConnectionTagTable row per tag; return its primary key."""
     n = next(_sequence)
     values: dict[str, Any] = {
         "environment": "prod",
@@ -38,12 +38,12 @@ def add_connection(engine: Engine, **fields: Any) -> int:
         if values.get(column) is not None:
             tags.setdefault(key, values[column])
     with Session(engine) as session:
-        connection = Connection(tags=tags, **values)
+        connection = ConnectionTable(tags=tags, **values)
         session.add(connection)
         session.flush()
         assert connection.id is not None
         for key, value in tags.items():
-            session.add(ConnectionTag(connection_pk=connection.id, key=key, value=value))
+            session.add(ConnectionTagTable(connection_pk=connection.id, key=key, value=value))
         session.commit()
         return connection.id
 
@@ -63,7 +63,7 @@ def add_delivery(engine: Engine, **fields: Any) -> int:
     }
     values.update(fields)
     with Session(engine) as session:
-        delivery = Delivery(**values)
+        delivery = DeliveryTable(**values)
         session.add(delivery)
         session.commit()
         assert delivery.id is not None
@@ -82,7 +82,7 @@ def add_event(engine: Engine, connection_pk: int, **fields: Any) -> int:
     }
     values.update(fields)
     with Session(engine) as session:
-        event = ConnectionEvent(connection_pk=connection_pk, **values)
+        event = ConnectionEventTable(connection_pk=connection_pk, **values)
         session.add(event)
         session.commit()
         assert event.id is not None

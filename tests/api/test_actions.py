@@ -11,11 +11,11 @@ from sqlalchemy import Engine, insert, text
 from starlette.testclient import TestClient
 
 from app.api.auth import hash_key
-from app.db.models import ApiKey
+from app.db.tables import ApiKeyTable
 from tests.fakes.nango import FakeNango
 from tests.rows import connection_row, insert_connection
 
-API_KEYS: Any = ApiKey.__table__
+API_KEYS: Any = ApiKeyTable.__table__
 
 
 # Connect sessions ---------------------------------------------------------------------------

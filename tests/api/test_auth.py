@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -14,9 +15,9 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from app.api.auth import hash_key, require_api_key
+from app.api.auth import REFRESH_SECONDS, hash_key, require_api_key
 from app.application import create_app
-from app.db.models import ApiKey
+from app.db.tables import ApiKeyTable
 from app.settings import Settings
 from tests.conftest import TEST_API_KEY
 
@@ -44,7 +45,7 @@ def app_client(settings: Settings) -> Iterator[TestClient]:
 
 def add_key(engine: Engine, name: str, secret: str, **fields: Any) -> None:
     with Session(engine) as session:
-        session.add(ApiKey(name=name, key_hash=hash_key(secret), **fields))
+        session.add(ApiKeyTable(name=name, key_hash=hash_key(secret), **fields))
         session.commit()
 
 
@@ -101,12 +102,45 @@ def test_database_keys_work_until_revoked(
 
     with sync_engine.begin() as conn:
         conn.execute(
-            ApiKey.__table__.update()  # type: ignore[attr-defined]
-            .where(ApiKey.__table__.c.name == "billing-service")  # type: ignore[attr-defined]
+            ApiKeyTable.__table__.update()  # type: ignore[attr-defined]
+            .where(ApiKeyTable.__table__.c.name == "billing-service")  # type: ignore[attr-defined]
             .values(revoked_at=datetime.now(UTC))
         )
+    # Keys are held in memory and reloaded every few seconds: the revocation takes effect
+    # within REFRESH_SECONDS (the README promises 5 s), not necessarily on the next request.
+    started = time.monotonic()
+    while app_client.get("/v1/connections", headers=bearer("db-key-secret-1")).is_success:
+        assert time.monotonic() - started < REFRESH_SECONDS + 0.5, "the revocation never applied"
+        time.sleep(0.1)
+    assert time.monotonic() - started <= 5.0
     revoked = app_client.get("/v1/connections", headers=bearer("db-key-secret-1"))
     assert revoked.status_code == 401
+
+
+def test_database_keys_cost_no_query_per_request(
+    app_client: TestClient, sync_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache: Any = app_client.app.state.registry.api_keys  # type: ignore[attr-defined]
+    loads: list[float] = []
+    load = cache._load
+
+    async def counted() -> None:
+        loads.append(time.monotonic())
+        await load()
+
+    monkeypatch.setattr(cache, "_load", counted)
+    add_key(sync_engine, "new-service", "db-key-secret-2")
+    # A key created a moment ago works on its first request (a miss reloads at once)...
+    assert app_client.get("/v1/connections", headers=bearer("db-key-secret-2")).is_success
+    assert len(loads) == 1
+    # ...and then costs no query at all.
+    for _ in range(30):
+        assert app_client.get("/v1/connections", headers=bearer("db-key-secret-2")).is_success
+    assert len(loads) == 1
+    # A stream of wrong keys costs at most one reload a second, not one each.
+    for _ in range(30):
+        assert app_client.get("/v1/connections", headers=bearer("wrong")).status_code == 401
+    assert len(loads) <= 2
 
 
 def test_read_only_keys_read_but_may_not_write(

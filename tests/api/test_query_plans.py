@@ -57,11 +57,14 @@ def many_connections(sync_engine: Engine) -> Engine:
 
 
 def plan(engine: Engine, **filters: Any) -> str:
-    query = connections_query(limit=50, **filters)
-    sql = str(query.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True}))
-    prefix = "EXPLAIN " if engine.dialect.name == "postgresql" else "EXPLAIN QUERY PLAN "
+    """The plan of the very statement the service sends, with its parameters bound."""
+    statement, params = connections_query(limit=50, **filters)
+    if engine.dialect.name == "postgresql":
+        sql = "EXPLAIN " + statement.postgres
+    else:
+        sql = "EXPLAIN QUERY PLAN " + statement.sqlite
     with engine.connect() as conn:
-        rows = conn.exec_driver_sql(prefix + sql).all()
+        rows = conn.exec_driver_sql(sql, params).all()
     return "\n".join(str(row[-1]) for row in rows)
 
 

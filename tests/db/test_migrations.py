@@ -28,7 +28,7 @@ def test_single_head_and_linear_history() -> None:
 
 
 def test_downgrade_to_base_and_back(tmp_path: object) -> None:
-    url = f"sqlite+aiosqlite:///{tmp_path}/roundtrip.db"
+    url = f"sqlite:///{tmp_path}/roundtrip.db"
     migrate.upgrade(url)
     migrate.downgrade(url, "base")
     migrate.upgrade(url)

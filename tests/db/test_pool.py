@@ -23,9 +23,8 @@ def test_pool_is_sized_from_settings(make_settings: Any, sync_engine: Engine) ->
         pytest.skip("SQLite has no connection pool to size")
     settings = make_settings(database_pool_size=3, database_max_overflow=1)
     with TestClient(create_app(settings)) as client:
-        pool: Any = _registry_state(client).engine.pool
-        assert pool.size() == 3
-        assert pool._max_overflow == 1
+        pool: Any = _registry_state(client).database.pool
+        assert (pool.min_size, pool.max_size) == (3, 4)
         assert client.get("/readyz").status_code == 200
 
 
@@ -37,8 +36,8 @@ def test_killed_connections_are_replaced_without_a_restart(
     # Fill the pool with a few idle connections, as a running service has.
     for _ in range(3):
         assert client.get("/readyz").status_code == 200
-    pool: Any = _registry_state(client).engine.pool
-    idle = pool.checkedin()
+    pool: Any = _registry_state(client).database.pool
+    idle = pool.get_stats()["pool_available"]
     assert idle >= 1
 
     # What a failover or `heroku pg:killall` does: every other session on the database dies.
@@ -51,7 +50,7 @@ def test_killed_connections_are_replaced_without_a_restart(
         ).scalar_one()
     assert killed >= idle
 
-    # pool_pre_ping notices the dead sockets and reconnects: no request fails.
+    # The pool's check on checkout notices the dead sockets and reconnects: no request fails.
     for _ in range(5):
         response = client.get("/readyz")
         assert response.status_code == 200, response.text

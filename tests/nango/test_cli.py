@@ -12,13 +12,13 @@ from sqlalchemy import Engine, select
 
 from app.cli import main
 from app.cli.nango_commands import reconcile_command
-from app.db.models import ReconcileRun
+from app.db.tables import ReconcileRunTable
 from app.settings import Settings
 from tests.conftest import TEST_API_KEY
 from tests.fakes.nango import FakeNango
 from tests.rows import all_connections, connection_row, events, insert_connection
 
-RUNS: Any = ReconcileRun.__table__
+RUNS: Any = ReconcileRunTable.__table__
 
 
 @pytest.fixture

@@ -12,12 +12,11 @@ import httpx2
 import pytest
 from pydantic import SecretStr
 from sqlalchemy import Engine, select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.connections.reconcile import run_schedule
-from app.db.engine import create_engine, create_sessionmaker, unit_of_work
+from app.db.database import Database, connected
 from app.db.leases import acquire_lease, release_lease
-from app.db.models import ReconcileRun
+from app.db.tables import ReconcileRunTable
 from app.db.types import utcnow
 from app.nango.client import NangoClient
 from app.settings import Settings
@@ -26,47 +25,44 @@ from tests.fakes.nango import DEFAULT_SECRET, FakeNango
 pytestmark = pytest.mark.anyio
 
 TTL = timedelta(seconds=30)
-RUNS: Any = ReconcileRun.__table__
+RUNS: Any = ReconcileRunTable.__table__
 
 
 @pytest.fixture
-async def sessionmaker(
-    settings: Settings, sync_engine: Engine
-) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    engine = create_engine(settings)
-    yield create_sessionmaker(engine)
-    await engine.dispose()
+async def database(settings: Settings, sync_engine: Engine) -> AsyncIterator[Database]:
+    async with connected(settings) as database:
+        yield database
 
 
-async def take(sessionmaker: async_sessionmaker[AsyncSession], holder: str, **kwargs: Any) -> bool:
-    async with unit_of_work(sessionmaker) as session:
-        return await acquire_lease(session, name="job", holder=holder, ttl=TTL, **kwargs)
+async def take(database: Database, holder: str, **kwargs: Any) -> bool:
+    async with database.transaction() as tx:
+        return await acquire_lease(tx, name="job", holder=holder, ttl=TTL, **kwargs)
 
 
 async def test_one_holder_at_a_time_until_expiry(
-    sessionmaker: async_sessionmaker[AsyncSession],
+    database: Database,
 ) -> None:
-    assert await take(sessionmaker, "a")
-    assert not await take(sessionmaker, "b")
-    assert await take(sessionmaker, "a")  # the holder extends its own lease
+    assert await take(database, "a")
+    assert not await take(database, "b")
+    assert await take(database, "a")  # the holder extends its own lease
     later = utcnow() + TTL + timedelta(seconds=1)
-    assert await take(sessionmaker, "b", now=later)  # "a" expired
-    assert not await take(sessionmaker, "a", now=later)
-    async with unit_of_work(sessionmaker) as session:
-        await release_lease(session, name="job", holder="a")  # not a's to release
-    assert not await take(sessionmaker, "a", now=later)
-    async with unit_of_work(sessionmaker) as session:
-        await release_lease(session, name="job", holder="b")
-    assert await take(sessionmaker, "a")
+    assert await take(database, "b", now=later)  # "a" expired
+    assert not await take(database, "a", now=later)
+    async with database.transaction() as tx:
+        await release_lease(tx, name="job", holder="a")  # not a's to release
+    assert not await take(database, "a", now=later)
+    async with database.transaction() as tx:
+        await release_lease(tx, name="job", holder="b")
+    assert await take(database, "a")
 
 
 async def test_racing_holders_get_exactly_one_lease(
-    sessionmaker: async_sessionmaker[AsyncSession],
+    database: Database,
 ) -> None:
     results: list[bool] = []
 
     async def contend(index: int) -> None:
-        results.append(await take(sessionmaker, f"holder-{index}"))
+        results.append(await take(database, f"holder-{index}"))
 
     async with anyio.create_task_group() as group:
         for index in range(8):
@@ -75,7 +71,7 @@ async def test_racing_holders_get_exactly_one_lease(
 
 
 async def test_two_schedulers_never_reconcile_at_the_same_time(
-    sessionmaker: async_sessionmaker[AsyncSession], sync_engine: Engine
+    database: Database, sync_engine: Engine
 ) -> None:
     fake = FakeNango()
     for i in range(5):
@@ -95,7 +91,7 @@ async def test_two_schedulers_never_reconcile_at_the_same_time(
                 for _ in range(2):
                     group.start_soon(
                         lambda: run_schedule(
-                            sessionmaker=sessionmaker,
+                            database=database,
                             nango=nango,
                             environment="prod",
                             interval_seconds=interval,

@@ -10,14 +10,14 @@ from prometheus_client import REGISTRY
 from sqlalchemy import Engine, insert, select, update
 from starlette.testclient import TestClient
 
-from app.db.models import Lease, ReconcileRun
+from app.db.tables import LeaseTable, ReconcileRunTable
 from tests.fakes.nango import FakeNango
 from tests.rows import CONNECTIONS, all_connections, connection_row, events, insert_connection
 
 pytestmark = pytest.mark.usefixtures("small_pages")
 
-RUNS: Any = ReconcileRun.__table__
-LEASES: Any = Lease.__table__
+RUNS: Any = ReconcileRunTable.__table__
+LEASES: Any = LeaseTable.__table__
 
 
 def metric(trigger: str, status: str) -> float:

@@ -20,11 +20,11 @@ from typing import Any
 
 import httpx2
 import pytest
-from sqlalchemy import Engine, event, text, update
+from sqlalchemy import Engine, text, update
 from starlette.applications import Starlette
 
 from app.application import create_app
-from app.db.models import Delivery
+from app.db.tables import DeliveryTable
 from app.db.types import utcnow
 from tests.webhooks.helpers import signed_headers
 from tests.webhooks.rules import (
@@ -64,43 +64,42 @@ async def running(app: Starlette) -> AsyncIterator[httpx2.AsyncClient]:
 
 
 class OverlapMeter:
-    """Counts what is open at once on the app's engine: pooled connections and transactions.
+    """Counts what is open at once on the app's database: requests in a write transaction
+    (or waiting for one) and transactions actually begun.
 
-    On SQLite, ``BEGIN IMMEDIATE`` makes writers queue for the lock by design, so there only
-    the sessions (connections checked out, waiting for the lock) can overlap; on Postgres the
-    transactions themselves must.
+    On SQLite writers queue for the one write connection by design, so there only the requests
+    waiting for it can overlap; on Postgres the transactions themselves must.
     """
 
     def __init__(self) -> None:
-        self.sessions = self.transactions = 0
-        self.peak_sessions = self.peak_transactions = 0
+        self.entered = self.transactions = 0
+        self.peak_entered = self.peak_transactions = 0
         self.dialect = ""
 
     def attach(self, app: Starlette) -> None:
-        engine = app.state.registry.engine.sync_engine
-        self.dialect = engine.dialect.name
-        event.listen(engine, "checkout", self._checkout)
-        event.listen(engine, "checkin", self._checkin)
-        event.listen(engine, "begin", self._begin)
-        event.listen(engine, "commit", self._end)
-        event.listen(engine, "rollback", self._end)
+        database = app.state.registry.database
+        self.dialect = database.dialect
+        begin = database.transaction
 
-    def _checkout(self, *_args: Any) -> None:
-        self.sessions += 1
-        self.peak_sessions = max(self.peak_sessions, self.sessions)
+        @asynccontextmanager
+        async def counted() -> AsyncIterator[Any]:
+            self.entered += 1
+            self.peak_entered = max(self.peak_entered, self.entered)
+            try:
+                async with begin() as tx:
+                    self.transactions += 1
+                    self.peak_transactions = max(self.peak_transactions, self.transactions)
+                    try:
+                        yield tx
+                    finally:
+                        self.transactions -= 1
+            finally:
+                self.entered -= 1
 
-    def _checkin(self, *_args: Any) -> None:
-        self.sessions -= 1
-
-    def _begin(self, _connection: Any) -> None:
-        self.transactions += 1
-        self.peak_transactions = max(self.peak_transactions, self.transactions)
-
-    def _end(self, _connection: Any) -> None:
-        self.transactions -= 1
+        database.transaction = counted
 
     def assert_overlapped(self) -> None:
-        assert self.peak_sessions > 1, "no two requests ever held a database session at once"
+        assert self.peak_entered > 1, "no two requests ever wanted a transaction at once"
         if self.dialect == "postgresql":
             assert self.peak_transactions > 1, "no two transactions were ever open at once"
 
@@ -276,7 +275,7 @@ async def test_a_body_repeated_after_the_window_is_applied_once_even_when_raced(
         window = parallel_app.state.registry.settings.webhook_dedupe_window_seconds
         with sync_engine.begin() as conn:
             conn.execute(
-                update(Delivery).values(received_at=utcnow() - timedelta(seconds=window + 1))
+                update(DeliveryTable).values(received_at=utcnow() - timedelta(seconds=window + 1))
             )
         meter = OverlapMeter()
         meter.attach(parallel_app)

@@ -67,7 +67,7 @@ def server(database_url: str, sync_engine: Engine, tmp_path: Path) -> Iterator[S
     port = free_port()
     env = {
         **os.environ,
-        # The fixture's URL is the async form (sqlite+aiosqlite / postgresql+psycopg): the
+        # The fixture's URL is the normalised form (sqlite / postgresql+psycopg): the
         # settings must accept it as users would pass it.
         "DATABASE_URL": database_url,
         "NANGO_WEBHOOK_SIGNING_KEYS": TEST_SIGNING_KEY,

@@ -431,10 +431,19 @@ def test_a_processing_bug_keeps_the_delivery_and_replay_applies_it(
 def test_a_database_outage_while_applying_is_503_not_a_failed_delivery(
     client: TestClient, sync_engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from sqlalchemy.exc import OperationalError
+    import sqlite3
+
+    import psycopg
+
+    # What each driver raises when the database goes away under a statement.
+    lost: Exception = (
+        psycopg.OperationalError("server closed the connection unexpectedly")
+        if sync_engine.dialect.name == "postgresql"
+        else sqlite3.OperationalError("disk I/O error")
+    )
 
     async def outage(*args: Any, **kwargs: Any) -> Any:
-        raise OperationalError("SELECT 1", {}, Exception("server closed the connection"))
+        raise lost
 
     monkeypatch.setattr(inbox, "apply_delivery", outage)
     response = post(client, auth_body())

@@ -1,13 +1,15 @@
-"""The tables. API shapes live apart from these, in ``app/api/schemas.py``.
+"""The schema: every table, declared once with SQLModel, for Alembic and the drift test.
 
-Every schema change is an Alembic revision in ``migrations/``; ``tests/db/test_migrations.py``
-fails when these models and the migrations disagree.
+The code does not read or write through these classes: statements go straight to the driver
+(``app.db.database``) and rows come back as the records of ``app.connections.model`` and the
+other modules. Every schema change is an Alembic revision in ``migrations/``;
+``tests/db/test_migrations.py`` fails when these tables and the migrations disagree, and
+``tests/db/test_records.py`` when a record and its table do.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import BigInteger, Column, ForeignKey, Index, Integer, Text, UniqueConstraint
@@ -39,19 +41,7 @@ def _time(*, nullable: bool = False, index: bool = False) -> Any:
     )
 
 
-class ConnectionStatus(StrEnum):
-    ACTIVE = "active"
-    AUTH_ERROR = "auth_error"
-    DELETED = "deleted"
-
-
-class DeliveryOutcome(StrEnum):
-    APPLIED = "applied"  # changed (or confirmed) a connection's state
-    RECORDED = "recorded"  # stored; nothing to apply (sync facts, forwards, unknown types)
-    FAILED = "failed"  # processing raised; `nango-registry replay` re-applies it
-
-
-class Connection(SQLModel, table=True):
+class ConnectionTable(SQLModel, table=True):
     __tablename__ = "connections"
     __table_args__ = (
         UniqueConstraint("environment", "integration_id", "connection_id"),
@@ -75,7 +65,7 @@ class Connection(SQLModel, table=True):
     tags: dict[str, str] = Field(
         default_factory=dict, sa_column=Column(JSONDocument, nullable=False)
     )
-    status: str = Field(default=ConnectionStatus.ACTIVE, max_length=16)
+    status: str = Field(default="active", max_length=16)  # app.connections.model.ConnectionStatus
     error_type: str | None = Field(default=None, max_length=255)
     error_description: str | None = Field(default=None, sa_column=Column(Text))
     error_since: datetime | None = _time(nullable=True)
@@ -89,7 +79,7 @@ class Connection(SQLModel, table=True):
     deleted_at: datetime | None = _time(nullable=True)
 
 
-class ConnectionTag(SQLModel, table=True):
+class ConnectionTagTable(SQLModel, table=True):
     """One row per tag, so ``tag[KEY]=VALUE`` lookups use an index on both databases."""
 
     __tablename__ = "connection_tags"
@@ -104,7 +94,7 @@ class ConnectionTag(SQLModel, table=True):
     value: str = Field(max_length=255)
 
 
-class Delivery(SQLModel, table=True):
+class DeliveryTable(SQLModel, table=True):
     """The inbox: every verified webhook delivery, stored before it is acknowledged."""
 
     __tablename__ = "deliveries"
@@ -124,13 +114,13 @@ class Delivery(SQLModel, table=True):
     headers: dict[str, str] = Field(
         default_factory=dict, sa_column=Column(JSONDocument, nullable=False)
     )
-    outcome: str = Field(default=DeliveryOutcome.RECORDED, max_length=16, index=True)
+    outcome: str = Field(default="recorded", max_length=16, index=True)  # DeliveryOutcome
     error: str | None = Field(default=None, sa_column=Column(Text))
     processed_at: datetime | None = _time(nullable=True)
     attempts: int = 0
 
 
-class ConnectionEvent(SQLModel, table=True):
+class ConnectionEventTable(SQLModel, table=True):
     """A connection's history: every state change, and what caused it."""
 
     __tablename__ = "connection_events"
@@ -155,7 +145,7 @@ class ConnectionEvent(SQLModel, table=True):
     created_at: datetime = _time()
 
 
-class ApiKey(SQLModel, table=True):
+class ApiKeyTable(SQLModel, table=True):
     """Keys managed with ``nango-registry api-keys``; only a SHA-256 of the secret is stored."""
 
     __tablename__ = "api_keys"
@@ -169,7 +159,7 @@ class ApiKey(SQLModel, table=True):
     revoked_at: datetime | None = _time(nullable=True)
 
 
-class ReconcileRun(SQLModel, table=True):
+class ReconcileRunTable(SQLModel, table=True):
     __tablename__ = "reconcile_runs"
 
     id: int | None = _id_column()
@@ -183,7 +173,7 @@ class ReconcileRun(SQLModel, table=True):
     error: str | None = Field(default=None, sa_column=Column(Text))
 
 
-class Lease(SQLModel, table=True):
+class LeaseTable(SQLModel, table=True):
     """A named, expiring lock that works on SQLite and Postgres alike (one reconciler at a time)."""
 
     __tablename__ = "leases"

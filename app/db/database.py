@@ -1,0 +1,524 @@
+"""The data layer: every SQL statement written once, run straight on the driver.
+
+Postgres goes through psycopg 3's async connection pool; SQLite through the standard library's
+``sqlite3``, each connection on a thread of its own so that no statement blocks the event loop.
+There is no ORM and no query builder between the code and the driver: profiling showed them to
+cost more CPU than the rest of a request (README, "Benchmarks"). The SQLModel tables in
+``app.db.tables`` remain the one description of the schema, for Alembic and the drift test.
+
+A statement is written once with ``:name`` parameters (``sql(...)``) and rendered for each
+driver when the module that declares it is imported. Rows come back as tuples; the records in
+``app.connections.model`` and elsewhere build themselves from them by position.
+
+Both databases give back the same Python values: ``timestamptz`` / ``DATETIME`` as aware UTC
+datetimes, ``jsonb`` / ``JSON`` as parsed JSON, ``boolean`` / ``BOOLEAN`` as bool. A ``dict``
+passed as a parameter is stored as JSON on both.
+
+Transactions::
+
+    async with database.transaction() as tx:      # one write transaction, committed at the end
+        row = await tx.fetchone(INSERT_X, {...})
+    async with database.reader() as tx:           # reads: no transaction on Postgres, no lock
+        rows = await tx.fetchall(SELECT_Y, {...})   # on SQLite
+
+Writers on SQLite queue on one connection (``BEGIN IMMEDIATE``, one writer at a time in the
+process, SQLite's lock between processes); readers use a small pool beside it (WAL lets them
+run while a writer commits).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import select
+import sqlite3
+from collections.abc import AsyncIterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any, Protocol, TypeVar
+
+import anyio
+import psycopg
+from psycopg.types.json import JsonbDumper
+from psycopg_pool import AsyncConnectionPool
+
+from app.settings import Settings
+
+Row = tuple[Any, ...]
+Params = Mapping[str, Any]
+T = TypeVar("T")
+
+# ``:name`` but not ``::type`` (a Postgres cast) and not inside a longer word.
+_PARAMETER = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+
+
+class DatabaseTimeout(Exception):
+    """No connection (or, on SQLite, no turn to write) within ``DATABASE_POOL_TIMEOUT_SECONDS``."""
+
+
+def is_missing_table(error: BaseException) -> bool:
+    """The statement named a table the database does not have: its schema is not migrated."""
+    if isinstance(error, psycopg.errors.UndefinedTable):
+        return True
+    return isinstance(error, sqlite3.OperationalError) and str(error).startswith("no such table")
+
+
+class Statement:
+    """One SQL statement, rendered once for each driver."""
+
+    __slots__ = ("postgres", "sqlite")
+
+    def __init__(self, postgres: str, sqlite: str) -> None:
+        self.postgres = postgres
+        self.sqlite = sqlite
+
+    def __repr__(self) -> str:
+        return f"Statement({self.sqlite!r})"
+
+
+def sql(text: str, *, lock: bool = False, postgres: str | None = None) -> Statement:
+    """A statement with ``:name`` parameters, shared by both databases.
+
+    ``lock=True`` appends ``FOR UPDATE`` on Postgres: SQLite writers hold the database's write
+    lock for the whole transaction already. ``postgres`` replaces the text where the two
+    dialects cannot share one (rare; say why beside it).
+    """
+    pg_text = postgres if postgres is not None else text
+    if lock:
+        pg_text += " FOR UPDATE"
+    # psycopg's placeholders are %(name)s, so a literal % must be doubled.
+    pg_text = _PARAMETER.sub(r"%(\1)s", pg_text.replace("%", "%%"))
+    return Statement(postgres=pg_text, sqlite=text)
+
+
+class Transaction(Protocol):
+    """What a unit of work sees: statements in, tuples out."""
+
+    async def execute(self, statement: Statement, params: Params | None = None) -> None:
+        """Run a statement whose result is not needed (it may be sent later, with others)."""
+        ...
+
+    async def executemany(self, statement: Statement, rows: Sequence[Params]) -> None: ...
+
+    async def fetchone(self, statement: Statement, params: Params | None = None) -> Row | None: ...
+
+    async def fetchall(self, statement: Statement, params: Params | None = None) -> list[Row]: ...
+
+
+class Database(Protocol):
+    dialect: str
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def transaction(self) -> contextlib.AbstractAsyncContextManager[Transaction]: ...
+
+    def reader(self) -> contextlib.AbstractAsyncContextManager[Transaction]: ...
+
+
+def create_database(settings: Settings) -> Database:
+    if settings.is_sqlite:
+        return SqliteDatabase(
+            sqlite_path(settings.database_url),
+            readers=settings.database_pool_size,
+            timeout=settings.database_pool_timeout_seconds,
+        )
+    return PostgresDatabase(
+        postgres_conninfo(settings.database_url),
+        min_size=settings.database_pool_size,
+        max_size=settings.database_pool_size + settings.database_max_overflow,
+        timeout=settings.database_pool_timeout_seconds,
+    )
+
+
+@contextlib.asynccontextmanager
+async def connected(settings: Settings) -> AsyncIterator[Database]:
+    """A database for the length of one command (the CLI); the app's is owned by lifespan."""
+    database = create_database(settings)
+    await database.open()
+    try:
+        yield database
+    finally:
+        await database.close()
+
+
+def postgres_conninfo(database_url: str) -> str:
+    """The libpq URL for the normalised ``postgresql+psycopg://`` setting."""
+    return "postgresql://" + database_url.partition("://")[2]
+
+
+def sqlite_path(database_url: str) -> str:
+    """The file of a ``sqlite:///path`` setting (``////abs`` for an absolute path)."""
+    return database_url.partition(":///")[2] or ":memory:"
+
+
+# Postgres -----------------------------------------------------------------------------------
+
+
+class _PostgresTransaction:
+    __slots__ = ("_cursor",)
+
+    def __init__(self, cursor: psycopg.AsyncCursor[Row]) -> None:
+        self._cursor = cursor
+
+    async def execute(self, statement: Statement, params: Params | None = None) -> None:
+        await self._cursor.execute(statement.postgres, params)
+
+    async def executemany(self, statement: Statement, rows: Sequence[Params]) -> None:
+        if rows:
+            await self._cursor.executemany(statement.postgres, rows)
+
+    async def fetchone(self, statement: Statement, params: Params | None = None) -> Row | None:
+        await self._cursor.execute(statement.postgres, params)
+        return await self._cursor.fetchone()
+
+    async def fetchall(self, statement: Statement, params: Params | None = None) -> list[Row]:
+        await self._cursor.execute(statement.postgres, params)
+        return await self._cursor.fetchall()
+
+
+async def _configure(connection: psycopg.AsyncConnection[Row]) -> None:
+    # Dicts are stored as jsonb, the type of every JSON column here.
+    connection.adapters.register_dumper(dict, JsonbDumper)
+
+
+def _is_dead(connection: psycopg.AsyncConnection[Row]) -> bool:
+    """Whether a pooled connection's server has gone (a restart, a failover, a kill).
+
+    An idle connection has nothing to read; a readable socket means the server closed it (or
+    sent the FATAL that precedes closing). A zero-timeout poll costs a system call, not the
+    round trip of a ``SELECT 1``.
+    """
+    if connection.closed or connection.broken:
+        return True
+    readable, _, _ = select.select([connection.pgconn.socket], [], [], 0)
+    return bool(readable)
+
+
+class _Reachability:
+    """Whether the last attempt to open a connection failed: the database is down."""
+
+    down = False
+
+
+def _connection_class(reachability: _Reachability) -> type[psycopg.AsyncConnection[Row]]:
+    class Connection(psycopg.AsyncConnection[Row]):
+        @classmethod
+        async def connect(  # the pool passes on what it was given
+            cls, *args: Any, **kwargs: Any
+        ) -> Connection:
+            try:
+                connection = await super().connect(*args, **kwargs)
+            except psycopg.OperationalError:
+                reachability.down = True
+                raise
+            reachability.down = False
+            return connection
+
+    return Connection
+
+
+class PostgresDatabase:
+    dialect = "postgresql"
+
+    def __init__(self, conninfo: str, *, min_size: int, max_size: int, timeout: float) -> None:
+        self._max_size = max_size
+        self._purging: asyncio.Task[None] | None = None
+        self._reachability = _Reachability()
+        # While the database is down a request waits this long for a connection, not the whole
+        # pool timeout: a fast 503 is what a webhook sender can act on (it retries 5xx).
+        self._down_timeout = min(timeout, 0.5)
+        self.pool = AsyncConnectionPool(
+            conninfo,
+            connection_class=_connection_class(self._reachability),
+            min_size=min_size,
+            max_size=max_size,
+            timeout=timeout,
+            open=False,
+            # Reads run one statement each, in autocommit: no BEGIN and COMMIT round trips.
+            # Writes open an explicit transaction (``transaction()``).
+            kwargs={
+                "autocommit": True,
+                "connect_timeout": 5,
+                "application_name": "nango-registry",
+                "options": "-c timezone=UTC",
+            },
+            configure=_configure,
+            # After an outage psycopg retries each lost connection with a doubling delay; giving
+            # up after a few seconds lets the next request start a fresh attempt at once, so
+            # the service is back within about a second of the database.
+            reconnect_timeout=max(10.0, 2 * timeout),
+            name="nango-registry",
+        )
+
+    async def open(self) -> None:
+        # Does not wait for the database: the service starts (and /readyz says why it is not
+        # ready) while Postgres is still coming up.
+        await self.pool.open(wait=False)
+
+    async def close(self) -> None:
+        if self._purging is not None:
+            self._purging.cancel()
+        await self.pool.close()
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Row]]:
+        """A live pooled connection: dead ones are discarded and the next one taken at once."""
+        for _ in range(self._max_size + 1):
+            timeout = self._down_timeout if self._reachability.down else None
+            async with self.pool.connection(timeout=timeout) as connection:
+                if _is_dead(connection):
+                    # Closed, it is discarded on return and the pool opens a replacement; the
+                    # other idle connections died with it, most likely: check them all.
+                    await connection.close()
+                    self._purge_dead()
+                    continue
+                yield connection
+                return
+        raise psycopg.OperationalError("every pooled connection was dead")
+
+    def _purge_dead(self) -> None:
+        if self._purging is None or self._purging.done():
+            self._purging = asyncio.ensure_future(self.pool.check())
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        # Pipeline mode: statements whose results are not read yet travel together, so a
+        # transaction costs one round trip per result it needs (plus the COMMIT), not one per
+        # statement. An error surfaces at the next read or at COMMIT, and rolls back it all.
+        async with (
+            self._connection() as connection,
+            connection.pipeline(),
+            connection.transaction(),
+        ):
+            yield _PostgresTransaction(connection.cursor())
+
+    @contextlib.asynccontextmanager
+    async def reader(self) -> AsyncIterator[Transaction]:
+        async with self._connection() as connection:
+            yield _PostgresTransaction(connection.cursor())
+
+
+# SQLite -------------------------------------------------------------------------------------
+
+# SQLAlchemy's storage format for DATETIME on SQLite: naive UTC text, which sorts by time.
+_SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"
+
+
+def _sqlite_time(value: datetime) -> str:
+    if value.tzinfo is None:
+        raise ValueError("naive datetimes are not stored; use an aware UTC datetime")
+    return value.astimezone(UTC).strftime(_SQLITE_TIME)
+
+
+def _parse_sqlite_time(value: bytes) -> datetime:
+    return datetime.fromisoformat(value.decode()).replace(tzinfo=UTC)
+
+
+def _json_text(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+# The column types the migrations declare on SQLite (see app/db/types.py); converters apply
+# only to connections opened with PARSE_DECLTYPES, i.e. the ones below.
+sqlite3.register_adapter(datetime, _sqlite_time)
+sqlite3.register_adapter(dict, _json_text)
+sqlite3.register_converter("DATETIME", _parse_sqlite_time)
+sqlite3.register_converter("BOOLEAN", lambda value: value != b"0")
+sqlite3.register_converter("JSON", json.loads)
+
+
+class _SqliteConnection:
+    """A ``sqlite3`` connection and the one thread that runs its statements."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self._connection: sqlite3.Connection | None = None
+
+    async def run(self, function: Any, *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, partial(function, *args))
+
+    async def open(self) -> None:
+        self._connection = await self.run(self._connect)
+
+    def _connect(self) -> sqlite3.Connection:
+        connection = sqlite3.connect(
+            self._path,
+            detect_types=sqlite3.PARSE_DECLTYPES,
+            # Transactions are begun and ended explicitly (BEGIN IMMEDIATE / COMMIT).
+            isolation_level=None,
+            check_same_thread=False,
+            timeout=30,
+        )
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=NORMAL")
+        connection.execute("PRAGMA foreign_keys=ON")
+        connection.execute("PRAGMA busy_timeout=30000")
+        return connection
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        assert self._connection is not None, "open() first"
+        return self._connection
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            await self.run(self._connection.close)
+            self._connection = None
+        self._thread.shutdown(wait=False)
+
+
+# One statement waiting to be sent with the next one that needs an answer: (text, parameters,
+# whether the parameters are a list of rows for executemany).
+_Pending = tuple[str, Any, bool]
+
+
+def _run(
+    connection: sqlite3.Connection, pending: list[_Pending], text: str | None, params: Any
+) -> list[Row]:
+    """Run the statements queued so far, then ``text`` (if any), on the connection's thread."""
+    for queued, values, many in pending:
+        if many:
+            connection.executemany(queued, values)
+        else:
+            connection.execute(queued, values)
+    if text is None:
+        return []
+    # fetchall, even for one row: an INSERT .. RETURNING is complete only once every row is read.
+    return connection.execute(text, params or {}).fetchall()
+
+
+def _rollback(connection: sqlite3.Connection) -> None:
+    if connection.in_transaction:
+        connection.rollback()
+
+
+class _SqliteTransaction:
+    """Statements whose results are not needed are queued and sent with the next one that has
+    an answer to give (or at the end): one trip to the connection's thread for several
+    statements, as Postgres's pipeline mode saves round trips."""
+
+    __slots__ = ("_connection", "_pending")
+
+    def __init__(self, connection: _SqliteConnection, *first: _Pending) -> None:
+        self._connection = connection
+        self._pending: list[_Pending] = list(first)
+
+    async def execute(self, statement: Statement, params: Params | None = None) -> None:
+        self._pending.append((statement.sqlite, params or {}, False))
+
+    async def executemany(self, statement: Statement, rows: Sequence[Params]) -> None:
+        if rows:
+            self._pending.append((statement.sqlite, rows, True))
+
+    async def fetchone(self, statement: Statement, params: Params | None = None) -> Row | None:
+        rows = await self.fetchall(statement, params)
+        return rows[0] if rows else None
+
+    async def fetchall(self, statement: Statement, params: Params | None = None) -> list[Row]:
+        pending, self._pending = self._pending, []
+        rows: list[Row] = await self._connection.run(
+            _run, self._connection.connection, pending, statement.sqlite, params
+        )
+        return rows
+
+    async def finish(self, last: str) -> None:
+        """Send what is queued, then ``last`` (COMMIT, or nothing for a reader)."""
+        pending, self._pending = self._pending, []
+        if last:
+            pending.append((last, {}, False))
+        if pending:
+            await self._connection.run(_run, self._connection.connection, pending, None, None)
+
+
+class SqliteDatabase:
+    dialect = "sqlite"
+
+    def __init__(self, path: str, *, readers: int, timeout: float) -> None:
+        self.path = path
+        self._max_readers = max(1, readers)
+        self._timeout = timeout
+        self._writer: _SqliteConnection | None = None
+        self._write_lock = asyncio.Lock()
+        self._idle: asyncio.LifoQueue[_SqliteConnection] = asyncio.LifoQueue()
+        self._readers = 0
+        self._all: list[_SqliteConnection] = []
+
+    async def open(self) -> None:
+        """Connections are opened on first use, as Postgres's pool does in the background."""
+
+    async def close(self) -> None:
+        for connection in self._all:
+            await connection.close()
+        self._all.clear()
+        self._idle = asyncio.LifoQueue()
+        self._writer = None
+        self._readers = 0
+
+    async def _connect(self) -> _SqliteConnection:
+        connection = _SqliteConnection(self.path)
+        try:
+            await connection.open()
+        except BaseException:
+            await connection.close()
+            raise
+        self._all.append(connection)
+        return connection
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        # One writer at a time in this process: queueing here is fair and costs nothing,
+        # where SQLite's own busy handler would poll with sleeps of up to 100 ms.
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._write_lock.acquire()
+        except TimeoutError:
+            raise DatabaseTimeout("timed out waiting for the SQLite write lock") from None
+        try:
+            if self._writer is None:
+                self._writer = await self._connect()
+            writer = self._writer
+            # BEGIN IMMEDIATE travels with the transaction's first statement.
+            tx = _SqliteTransaction(writer, ("BEGIN IMMEDIATE", {}, False))
+            try:
+                yield tx
+                with anyio.CancelScope(shield=True):
+                    await tx.finish("COMMIT")
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await writer.run(_rollback, writer.connection)
+                raise
+        finally:
+            self._write_lock.release()
+
+    @contextlib.asynccontextmanager
+    async def reader(self) -> AsyncIterator[Transaction]:
+        connection = await self._take_reader()
+        try:
+            tx = _SqliteTransaction(connection)
+            yield tx
+            await tx.finish("")
+        finally:
+            self._idle.put_nowait(connection)
+
+    async def _take_reader(self) -> _SqliteConnection:
+        with contextlib.suppress(asyncio.QueueEmpty):
+            return self._idle.get_nowait()
+        if self._readers < self._max_readers:
+            self._readers += 1
+            try:
+                return await self._connect()
+            except BaseException:
+                self._readers -= 1
+                raise
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await self._idle.get()
+        except TimeoutError:
+            raise DatabaseTimeout("timed out waiting for a SQLite connection") from None
