@@ -1,32 +1,86 @@
-"""structlog JSON logs on stdout; uvicorn's and the standard library's logs join the same stream."""
+"""Logs: one JSON object a line, on standard error (standard output is for command output).
+
+The service's own events go through structlog straight to the stream, without the standard
+library's logging machinery: a log line per request is on the hot path. Libraries that log
+through the standard library (uvicorn, psycopg's pool, Alembic) are rendered to the same JSON
+on the same stream. Driver and pool chatter (psycopg logs three INFO lines per pooled
+connection checkout) and anything that could carry SQL or its parameters stays at WARNING.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
-from typing import Any
+from collections.abc import MutableMapping
+from typing import Any, TextIO
 
 import structlog
 
+LEVELS = ("debug", "info", "warning", "error")
+
+# Loggers of libraries kept at WARNING whatever LOG_LEVEL says: per-request noise, or text
+# that may include SQL, its parameters or request details.
+QUIET_LIBRARIES = ("psycopg", "sqlalchemy", "httpx", "httpx2", "httpcore", "alembic", "asyncio")
+
+
+def _dumps(value: Any, **kwargs: Any) -> str:
+    # structlog passes its own ``default`` (repr of what JSON cannot hold).
+    return json.dumps(value, ensure_ascii=False, **kwargs)
+
+
+class _CurrentStderr:
+    """Whatever ``sys.stderr`` is when a line is written (tests and tools swap it)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+class _NamedWriter:
+    """Writes rendered lines to the stream, one whole line at a time, and knows its name."""
+
+    def __init__(self, stream: TextIO | _CurrentStderr, name: str) -> None:
+        self._stream = stream
+        self.name = name
+
+    def msg(self, message: str) -> None:
+        self._stream.write(message + "\n")
+        self._stream.flush()
+
+    debug = info = warning = warn = error = critical = exception = fatal = log = msg
+
+
+def _add_name(
+    logger: Any, method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    event["logger"] = getattr(logger, "name", None)
+    return event
+
+
 _SHARED: list[Any] = [
     structlog.contextvars.merge_contextvars,
-    structlog.stdlib.add_log_level,
-    structlog.stdlib.add_logger_name,
+    structlog.processors.add_log_level,
     structlog.processors.TimeStamper(fmt="iso", utc=True),
 ]
 
 
-def configure_logging(level: str = "info") -> None:
+def configure_logging(level: str = "info", *, stream: TextIO | None = None) -> None:
+    level = level.lower()
     numeric = logging.getLevelName(level.upper())
+    target: TextIO | _CurrentStderr = stream or _CurrentStderr()
+
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=_SHARED,
+        foreign_pre_chain=[*_SHARED, structlog.stdlib.add_logger_name],
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(),
+            structlog.processors.JSONRenderer(serializer=_dumps),
         ],
     )
-    handler = logging.StreamHandler(sys.stdout)
+    handler = logging.StreamHandler(target)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -37,21 +91,26 @@ def configure_logging(level: str = "info") -> None:
         logger.propagate = True
     # One access line per request comes from app.middleware, with the request ID.
     logging.getLogger("uvicorn.access").disabled = True
-    for noisy in ("sqlalchemy.engine", "httpx", "httpx2", "httpcore", "alembic"):
-        logging.getLogger(noisy).setLevel(max(numeric, logging.WARNING))
+    for quiet in QUIET_LIBRARIES:
+        logging.getLogger(quiet).setLevel(max(numeric, logging.WARNING))
+
+    def writer(*args: Any) -> _NamedWriter:
+        return _NamedWriter(target, args[0] if args else "app")
 
     structlog.configure(
         processors=[
             *_SHARED,
-            structlog.processors.StackInfoRenderer(),
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+            _add_name,
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(serializer=_dumps),
         ],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=writer,
         cache_logger_on_first_use=True,
     )
 
 
-def get_logger(name: str) -> structlog.stdlib.BoundLogger:
-    logger: structlog.stdlib.BoundLogger = structlog.stdlib.get_logger(name)
+def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
+    """A logger whose lines carry ``"logger": name``; usable before logging is configured."""
+    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(name)
     return logger

@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from typing import Any
 
 import structlog
-from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.logs import get_logger
@@ -29,7 +29,19 @@ def _request_id(scope: Scope) -> str:
     return uuid.uuid4().hex
 
 
+def log_fields(scope: Scope) -> dict[str, Any]:
+    """Fields a handler adds to its request's access line (``log_fields(request.scope)[k] = v``)."""
+    fields: dict[str, Any] = scope["state"].setdefault("log", {})
+    return fields
+
+
 class RequestContextMiddleware:
+    """A request ID for every request, and one access line when it ends.
+
+    The access line is the request's only log line in the common case: handlers add their facts
+    to it (the webhook's type and outcome, the API key's name) instead of logging their own.
+    """
+
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
@@ -49,7 +61,7 @@ class RequestContextMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                MutableHeaders(scope=message)["X-Request-ID"] = request_id
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
             await send(message)
 
         try:
@@ -57,16 +69,24 @@ class RequestContextMiddleware:
         finally:
             elapsed = time.perf_counter() - started
             observe_request(scope=scope, status=status, seconds=elapsed)
+            client = scope.get("client")
             log.info(
                 "request",
                 method=scope["method"],
                 path=scope["path"],
                 status=status,
                 duration_ms=round(elapsed * 1000, 2),
-                **{
-                    key: value
-                    for key, value in scope["state"].items()
-                    if key in {"api_key", "outcome"}
-                },
+                client=client[0] if client else None,
+                user_agent=_header(scope, b"user-agent"),
+                **scope["state"].get("log", {}),
             )
             structlog.contextvars.clear_contextvars()
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            # Echoed into a log line: printable ASCII only, bounded.
+            text: str = value.decode("latin-1")[:256]
+            return text if text.isprintable() else repr(text)
+    return None

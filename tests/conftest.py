@@ -50,11 +50,14 @@ TABLES = (
 
 def pytest_configure(config: pytest.Config) -> None:
     # Issue 8: every log line of the session is checked for these secrets when it ends.
+    from app.logs import configure_logging
     from tests import secret_scan
 
     secret_scan.register_secret(TEST_SIGNING_KEY, TEST_API_KEY, TEST_NANGO_SECRET, TEST_SECRET)
     secret_scan.register_database_url(os.environ.get("TEST_DATABASE_URL") or "")
     config.pluginmanager.register(secret_scan.SecretScanPlugin(), "secret-scan")
+    # As the service logs: JSON lines on (the current) standard error.
+    configure_logging("info")
 
 
 def _backend() -> str:

@@ -1,8 +1,8 @@
 """A pytest plugin: every log line of the whole test session is checked for secrets at the end.
 
 Captured: every standard-library log record (whatever handlers ``configure_logging`` installs or
-a test removes, by wrapping ``Logger.callHandlers``), every structlog event under structlog's
-default configuration, the stdout/stderr/log sections pytest keeps for each test, and the output
+a test removes, by wrapping ``Logger.callHandlers``), every structlog event (a capturing processor
+is put first in every configuration), the stdout/stderr/log sections pytest keeps for each test, and the output
 of server subprocesses that tests hand in with ``add_output``. Checked when the session ends:
 no signing key, API key, Nango secret key, cursor secret, database password or signature header
 value may appear. Signatures are known because ``tests.webhooks.helpers.sign`` and
@@ -111,6 +111,16 @@ class SecretScanPlugin:
         logging.Logger.callHandlers = call_handlers  # type: ignore[method-assign]
         processors = structlog.get_config()["processors"]
         structlog.configure(processors=[_capture_structlog, *processors])
+        # app.logs renders its own events without the standard library: whatever structlog is
+        # configured with later, the capture stays first in the chain.
+        configure = structlog.configure
+
+        def configure_with_capture(**kwargs: Any) -> None:
+            if kwargs.get("processors") is not None:
+                kwargs["processors"] = [_capture_structlog, *kwargs["processors"]]
+            configure(**kwargs)
+
+        structlog.configure = configure_with_capture
         from tests.webhooks import helpers
 
         _wrap_signer(helpers, "sign")

@@ -73,7 +73,7 @@ def test_one_json_access_log_line_per_request(
     configure_logging("info")
     try:
         client.get("/healthz", headers={"X-Request-ID": "log-me"})
-        lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line]
+        lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line]
     finally:
         logging.getLogger().handlers.clear()
     access = [line for line in lines if line.get("event") == "request"]

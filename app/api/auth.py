@@ -24,6 +24,7 @@ from starlette.requests import Request
 from app.db.database import Database, sql
 from app.db.types import utcnow
 from app.errors import Forbidden, Unauthorized
+from app.middleware import log_fields
 from app.settings import Settings
 from app.state import app_state
 
@@ -157,7 +158,7 @@ async def authenticate(request: Request) -> Principal:
     match = await app_state(request).api_keys.find(digest)
     if match is None:
         raise Unauthorized("invalid API key", headers={"WWW-Authenticate": "Bearer"})
-    request.scope.setdefault("state", {})["api_key"] = match.name
+    log_fields(request.scope)["api_key"] = match.name
     return match
 
 

@@ -290,11 +290,7 @@ class PostgresDatabase:
         # Pipeline mode: statements whose results are not read yet travel together, so a
         # transaction costs one round trip per result it needs (plus the COMMIT), not one per
         # statement. An error surfaces at the next read or at COMMIT, and rolls back it all.
-        async with (
-            self._connection() as connection,
-            connection.pipeline(),
-            connection.transaction(),
-        ):
+        async with self._connection() as connection, connection.transaction():
             yield _PostgresTransaction(connection.cursor())
 
     @contextlib.asynccontextmanager

@@ -21,6 +21,7 @@ from app.errors import (
 )
 from app.logs import get_logger
 from app.metrics import DATABASE_ERRORS, SIGNATURE_FAILURES, WEBHOOK_DELIVERIES
+from app.middleware import log_fields
 from app.state import app_state
 from app.webhooks.inbox import ingest, kept_headers
 from app.webhooks.payloads import InvalidBody, body_environment, parse_body, read_envelope
@@ -124,9 +125,8 @@ async def receive_webhook(request: Request) -> JSONResponse:
         ) from None
 
     WEBHOOK_DELIVERIES.labels(type=envelope.webhook_type, outcome=result.outcome).inc()
-    request.scope["state"]["outcome"] = result.outcome
-    log.info(
-        "webhook",
+    # The request's access line says what came in and what became of it (app.middleware).
+    log_fields(request.scope).update(
         type=envelope.webhook_type,
         operation=envelope.operation,
         success=envelope.success,

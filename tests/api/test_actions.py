@@ -203,7 +203,7 @@ def test_nango_401_is_502_and_the_secret_stays_secret(
     fake_nango.fail_next(3, status=500)
     response_5xx = api.post("/v1/reconcile", headers=auth_headers)
     assert response_5xx.status_code == 502
-    logs = caplog.text + capsys.readouterr().out
+    logs = caplog.text + capsys.readouterr().err
     assert "nango_rejected" in logs
     for text_ in (response.text, response_5xx.text, logs, repr(api.app.state.registry)):
         assert secret not in text_

@@ -93,7 +93,7 @@ def test_database_keys_work_until_revoked(
         assert app_client.post("/v1/test-write", headers=bearer("db-key-secret-1")).json() == {
             "changed_by": "billing-service"
         }
-        output = capsys.readouterr().out
+        output = capsys.readouterr().err
     finally:
         logging.getLogger().handlers.clear()
     access = [json.loads(line) for line in output.splitlines() if '"event": "request"' in line]

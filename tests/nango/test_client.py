@@ -175,7 +175,7 @@ async def test_secret_never_in_errors_logs_or_repr(
             await nango.list_connections()
         with pytest.raises(NangoRejected) as rejected:
             await nango.create_connect_session({"nope": True})
-    logs = caplog.text + capsys.readouterr().out
+    logs = caplog.text + capsys.readouterr().err
     for text in (str(unavailable.value), str(rejected.value), logs):
         assert SECRET not in text
     assert "nango_call_failed" in logs

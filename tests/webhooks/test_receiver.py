@@ -465,11 +465,12 @@ def test_log_lines_carry_no_secret_and_no_body(
         body = auth_body(tags={"end_user_id": "very-private-user"})
         post(client, body)
         post(client, body, {"X-Nango-Hmac-Sha256": "f" * 64})
-        out = capsys.readouterr().out
+        out = capsys.readouterr().err
     finally:
         logging.getLogger().handlers.clear()
     lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-    webhook = [line for line in lines if line["event"] == "webhook"]
+    # The webhook's facts are on its request's access line.
+    webhook = [line for line in lines if line.get("path") == "/webhooks/nango"]
     assert webhook[0]["outcome"] == "applied"
     assert webhook[0]["connection_id"] == "conn-1"
     assert TEST_SIGNING_KEY not in out
