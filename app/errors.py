@@ -27,11 +27,12 @@ from typing import Any
 import psycopg
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from app.db.database import DatabaseTimeout
 from app.logs import get_logger
 from app.metrics import DATABASE_ERRORS, route_template
+from app.responses import JSONResponse
 
 log = get_logger(__name__)
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 
 from app.db.database import is_missing_table, sql
 from app.db.migrate import head_revision
 from app.logs import get_logger
+from app.responses import JSONResponse
 from app.state import app_state
 
 log = get_logger(__name__)

@@ -67,7 +67,16 @@ def route_template(scope: Mapping[str, Any]) -> str:
     return path if isinstance(path, str) else UNMATCHED_ROUTE
 
 
+# Label children by (method, route, status class): a bounded set (see above), looked up once.
+_LATENCY_CHILDREN: dict[tuple[str, str, int], Any] = {}
+
+
 def observe_request(*, scope: Mapping[str, Any], status: int, seconds: float) -> None:
-    method = scope["method"] if scope["method"] in _METHODS else "OTHER"
-    route = route_template(scope)
-    REQUEST_LATENCY.labels(method=method, route=route, status=f"{status // 100}xx").observe(seconds)
+    key = (scope["method"], route_template(scope), status // 100)
+    child = _LATENCY_CHILDREN.get(key)
+    if child is None:
+        method = key[0] if key[0] in _METHODS else "OTHER"
+        child = REQUEST_LATENCY.labels(method=method, route=key[1], status=f"{key[2]}xx")
+        if key[0] in _METHODS:
+            _LATENCY_CHILDREN[key] = child
+    child.observe(seconds)

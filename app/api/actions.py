@@ -28,7 +28,6 @@ from pydantic import (
     model_validator,
 )
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from app.api import openapi
@@ -57,6 +56,7 @@ from app.nango.client import (
     NangoNotConfigured,
     NangoRejected,
 )
+from app.responses import JSONResponse
 from app.state import app_state
 
 log = get_logger(__name__)

@@ -10,7 +10,6 @@ from collections.abc import Awaitable, Callable
 from functools import wraps
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from app.api import cursors
@@ -31,6 +30,7 @@ from app.db.database import Transaction
 from app.errors import NotFound
 from app.logs import get_logger
 from app.metrics import LOOKUPS
+from app.responses import JSONResponse
 from app.state import app_state
 
 log = get_logger(__name__)
@@ -39,10 +39,12 @@ Handler = Callable[[Request], Awaitable[JSONResponse]]
 
 
 def lookup(route: str) -> Callable[[Handler], Handler]:
+    counter = LOOKUPS.labels(route=route)
+
     def decorate(handler: Handler) -> Handler:
         @wraps(handler)
         async def wrapper(request: Request) -> JSONResponse:
-            LOOKUPS.labels(route=route).inc()
+            counter.inc()
             # An unreachable database becomes a 503 in the app-wide handler (app.errors).
             await require_api_key(request)
             return await handler(request)

@@ -25,9 +25,9 @@ import copy
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 
 from app.api.schemas import DEFAULT_LIMIT, MAX_LIMIT, MAX_VALUE_LENGTH, STATUSES
+from app.responses import JSONResponse
 
 JSON = "application/json"
 BEARER: list[dict[str, list[str]]] = [{"bearerAuth": []}]

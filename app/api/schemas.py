@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from starlette.datastructures import QueryParams
@@ -30,19 +29,14 @@ _TAG_PARAMETER = re.compile(r"^tag\[(?P<key>[^\[\]]*)\]$")
 _DIGITS = re.compile(r"^[0-9]{1,6}$")
 
 
-def isoformat(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
 def connection_to_json(connection: Connection) -> dict[str, Any]:
+    """The API's connection object (datetimes stay datetimes: app.responses writes them)."""
     error = None
     if connection.status == ConnectionStatus.AUTH_ERROR or connection.error_type is not None:
         error = {
             "type": connection.error_type,
             "description": connection.error_description,
-            "since": isoformat(connection.error_since),
+            "since": connection.error_since,
         }
     last_sync = None
     if connection.last_sync_name is not None or connection.last_sync_at is not None:
@@ -50,7 +44,7 @@ def connection_to_json(connection: Connection) -> dict[str, Any]:
             "name": connection.last_sync_name,
             "model": connection.last_sync_model,
             "success": connection.last_sync_success,
-            "at": isoformat(connection.last_sync_at),
+            "at": connection.last_sync_at,
             "error": connection.last_sync_error,
         }
     return {
@@ -72,9 +66,9 @@ def connection_to_json(connection: Connection) -> dict[str, Any]:
         "status": connection.status,
         "error": error,
         "last_sync": last_sync,
-        "created_at": isoformat(connection.created_at),
-        "updated_at": isoformat(connection.updated_at),
-        "deleted_at": isoformat(connection.deleted_at),
+        "created_at": connection.created_at,
+        "updated_at": connection.updated_at,
+        "deleted_at": connection.deleted_at,
     }
 
 
@@ -92,13 +86,13 @@ def event_to_json(event: HistoryEntry) -> dict[str, Any]:
         if delivery is None
         else {
             "id": delivery.id,
-            "received_at": isoformat(delivery.received_at),
+            "received_at": delivery.received_at,
             "webhook_type": delivery.webhook_type,
             "operation": delivery.operation,
             "success": delivery.success,
             "outcome": delivery.outcome,
         },
-        "created_at": isoformat(event.created_at),
+        "created_at": event.created_at,
     }
 
 

@@ -265,38 +265,65 @@ class PostgresDatabase:
             self._purging.cancel()
         await self.pool.close()
 
-    @contextlib.asynccontextmanager
-    async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Row]]:
+    async def _take(self) -> psycopg.AsyncConnection[Row]:
         """A live pooled connection: dead ones are discarded and the next one taken at once."""
         for _ in range(self._max_size + 1):
             timeout = self._down_timeout if self._reachability.down else None
-            async with self.pool.connection(timeout=timeout) as connection:
-                if _is_dead(connection):
-                    # Closed, it is discarded on return and the pool opens a replacement; the
-                    # other idle connections died with it, most likely: check them all.
-                    await connection.close()
-                    self._purge_dead()
-                    continue
-                yield connection
-                return
+            connection = await self.pool.getconn(timeout=timeout)
+            if not _is_dead(connection):
+                return connection
+            # Closed, it is discarded on return and the pool opens a replacement; the other
+            # idle connections most likely died with it: check them all, in the background.
+            await connection.close()
+            await self.pool.putconn(connection)
+            if self._purging is None or self._purging.done():
+                self._purging = asyncio.ensure_future(self.pool.check())
         raise psycopg.OperationalError("every pooled connection was dead")
 
-    def _purge_dead(self) -> None:
-        if self._purging is None or self._purging.done():
-            self._purging = asyncio.ensure_future(self.pool.check())
+    def transaction(self) -> contextlib.AbstractAsyncContextManager[Transaction]:
+        return _PostgresUnit(self, write=True)
 
-    @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Transaction]:
-        # Pipeline mode: statements whose results are not read yet travel together, so a
-        # transaction costs one round trip per result it needs (plus the COMMIT), not one per
-        # statement. An error surfaces at the next read or at COMMIT, and rolls back it all.
-        async with self._connection() as connection, connection.transaction():
-            yield _PostgresTransaction(connection.cursor())
+    def reader(self) -> contextlib.AbstractAsyncContextManager[Transaction]:
+        return _PostgresUnit(self, write=False)
 
-    @contextlib.asynccontextmanager
-    async def reader(self) -> AsyncIterator[Transaction]:
-        async with self._connection() as connection:
-            yield _PostgresTransaction(connection.cursor())
+
+class _PostgresUnit:
+    """One unit of work on one pooled connection: a transaction, or a single autocommit read.
+
+    A class rather than a generator-based context manager, and BEGIN/COMMIT sent by hand rather
+    than through psycopg's transaction helper: this runs on every request, and the nested
+    context managers cost more CPU than the statement they wrap.
+    """
+
+    __slots__ = ("_connection", "_cursor", "_database", "_write")
+
+    def __init__(self, database: PostgresDatabase, *, write: bool) -> None:
+        self._database = database
+        self._write = write
+
+    async def __aenter__(self) -> Transaction:
+        self._connection = connection = await self._database._take()
+        self._cursor = connection.cursor()
+        if self._write:
+            try:
+                await self._cursor.execute(b"BEGIN", prepare=False)
+            except BaseException:
+                await self._database.pool.putconn(connection)
+                raise
+        return _PostgresTransaction(self._cursor)
+
+    async def __aexit__(self, kind: type[BaseException] | None, *exc: Any) -> None:
+        # Shielded: a request cancelled mid-transaction still rolls back and returns its
+        # connection (the pool would otherwise roll back for it, and warn).
+        with anyio.CancelScope(shield=True):
+            try:
+                if self._write and kind is None:
+                    await self._cursor.execute(b"COMMIT", prepare=False)
+                elif self._write:
+                    with contextlib.suppress(psycopg.Error):
+                        await self._cursor.execute(b"ROLLBACK", prepare=False)
+            finally:
+                await self._database.pool.putconn(self._connection)
 
 
 # SQLite -------------------------------------------------------------------------------------
@@ -467,8 +494,13 @@ class SqliteDatabase:
         self._all.append(connection)
         return connection
 
-    @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Transaction]:
+    def transaction(self) -> contextlib.AbstractAsyncContextManager[Transaction]:
+        return _SqliteWriter(self)
+
+    def reader(self) -> contextlib.AbstractAsyncContextManager[Transaction]:
+        return _SqliteReader(self)
+
+    async def _take_writer(self) -> _SqliteConnection:
         # One writer at a time in this process: queueing here is fair and costs nothing,
         # where SQLite's own busy handler would poll with sleeps of up to 100 ms.
         try:
@@ -476,32 +508,13 @@ class SqliteDatabase:
                 await self._write_lock.acquire()
         except TimeoutError:
             raise DatabaseTimeout("timed out waiting for the SQLite write lock") from None
-        try:
-            if self._writer is None:
-                self._writer = await self._connect()
-            writer = self._writer
-            # BEGIN IMMEDIATE travels with the transaction's first statement.
-            tx = _SqliteTransaction(writer, ("BEGIN IMMEDIATE", {}, False))
+        if self._writer is None:
             try:
-                yield tx
-                with anyio.CancelScope(shield=True):
-                    await tx.finish("COMMIT")
+                self._writer = await self._connect()
             except BaseException:
-                with anyio.CancelScope(shield=True):
-                    await writer.run(_rollback, writer.connection)
+                self._write_lock.release()
                 raise
-        finally:
-            self._write_lock.release()
-
-    @contextlib.asynccontextmanager
-    async def reader(self) -> AsyncIterator[Transaction]:
-        connection = await self._take_reader()
-        try:
-            tx = _SqliteTransaction(connection)
-            yield tx
-            await tx.finish("")
-        finally:
-            self._idle.put_nowait(connection)
+        return self._writer
 
     async def _take_reader(self) -> _SqliteConnection:
         with contextlib.suppress(asyncio.QueueEmpty):
@@ -518,3 +531,54 @@ class SqliteDatabase:
                 return await self._idle.get()
         except TimeoutError:
             raise DatabaseTimeout("timed out waiting for a SQLite connection") from None
+
+    def _give_back(self, connection: _SqliteConnection) -> None:
+        self._idle.put_nowait(connection)
+
+
+class _SqliteWriter:
+    """A write transaction: BEGIN IMMEDIATE travels with its first statement, COMMIT with its
+    last queued ones (see _SqliteTransaction)."""
+
+    __slots__ = ("_connection", "_database", "_tx")
+
+    def __init__(self, database: SqliteDatabase) -> None:
+        self._database = database
+
+    async def __aenter__(self) -> Transaction:
+        self._connection = await self._database._take_writer()
+        self._tx = _SqliteTransaction(self._connection, ("BEGIN IMMEDIATE", {}, False))
+        return self._tx
+
+    async def __aexit__(self, kind: type[BaseException] | None, *exc: Any) -> None:
+        try:
+            with anyio.CancelScope(shield=True):
+                if kind is None:
+                    try:
+                        await self._tx.finish("COMMIT")
+                        return
+                    except BaseException:
+                        await self._connection.run(_rollback, self._connection.connection)
+                        raise
+                await self._connection.run(_rollback, self._connection.connection)
+        finally:
+            self._database._write_lock.release()
+
+
+class _SqliteReader:
+    __slots__ = ("_connection", "_database", "_tx")
+
+    def __init__(self, database: SqliteDatabase) -> None:
+        self._database = database
+
+    async def __aenter__(self) -> Transaction:
+        self._connection = await self._database._take_reader()
+        self._tx = _SqliteTransaction(self._connection)
+        return self._tx
+
+    async def __aexit__(self, kind: type[BaseException] | None, *exc: Any) -> None:
+        try:
+            if kind is None:
+                await self._tx.finish("")
+        finally:
+            self._database._give_back(self._connection)

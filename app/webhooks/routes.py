@@ -8,7 +8,6 @@ that can never be accepted gets a 4xx, and 429 and 410 are never used.
 from __future__ import annotations
 
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from app.errors import (
@@ -22,6 +21,7 @@ from app.errors import (
 from app.logs import get_logger
 from app.metrics import DATABASE_ERRORS, SIGNATURE_FAILURES, WEBHOOK_DELIVERIES
 from app.middleware import log_fields
+from app.responses import JSONResponse
 from app.state import app_state
 from app.webhooks.inbox import ingest, kept_headers
 from app.webhooks.payloads import InvalidBody, body_environment, parse_body, read_envelope
