@@ -9,12 +9,12 @@ connection checkout) and anything that could carry SQL or its parameters stays a
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from collections.abc import MutableMapping
 from typing import Any, TextIO
 
+import pydantic_core
 import structlog
 
 LEVELS = ("debug", "info", "warning", "error")
@@ -25,8 +25,9 @@ QUIET_LIBRARIES = ("psycopg", "sqlalchemy", "httpx", "httpx2", "httpcore", "alem
 
 
 def _dumps(value: Any, **kwargs: Any) -> str:
-    # structlog passes its own ``default`` (repr of what JSON cannot hold).
-    return json.dumps(value, ensure_ascii=False, **kwargs)
+    # pydantic-core's writer: several times faster than json.dumps for a log line; what JSON
+    # cannot hold is written as its repr (structlog's ``default`` does the same).
+    return pydantic_core.to_json(value, fallback=repr).decode()
 
 
 class _CurrentStderr:

@@ -96,7 +96,8 @@ def test_database_keys_work_until_revoked(
         output = capsys.readouterr().err
     finally:
         logging.getLogger().handlers.clear()
-    access = [json.loads(line) for line in output.splitlines() if '"event": "request"' in line]
+    lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    access = [line for line in lines if line["event"] == "request"]
     assert {line["api_key"] for line in access} == {"billing-service"}
     assert "db-key-secret-1" not in output
 
