@@ -57,10 +57,11 @@ class NangoUnavailable(NangoError):
 
 
 class NangoRejected(NangoError):
-    def __init__(self, message: str, *, status: int, code: str) -> None:
+    def __init__(self, message: str, *, status: int, code: str, nango_message: str = "") -> None:
         super().__init__(message)
         self.status = status
         self.code = code
+        self.nango_message = nango_message
 
 
 def _error_code(status: int, body: object) -> tuple[str, str]:
@@ -129,7 +130,21 @@ class NangoClient:
         return _session_data(answer)
 
     async def create_reconnect_session(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        answer = await self._request("POST", "/connect/sessions/reconnect", body=body)
+        """A reconnect session; a connection (or integration) Nango does not have raises
+        NangoRejected(code="unknown_connection"), the code Nango's other routes use for it."""
+        try:
+            answer = await self._request("POST", "/connect/sessions/reconnect", body=body)
+        except NangoRejected as error:
+            # controllers/connect/postReconnect.ts answers 400 invalid_body "ConnectionID or
+            # IntegrationId does not exists"; a body Nango's schema refuses has no message.
+            if error.code == "invalid_body" and "not exist" in error.nango_message.lower():
+                raise NangoRejected(
+                    error.message,
+                    status=error.status,
+                    code="unknown_connection",
+                    nango_message=error.nango_message,
+                ) from None
+            raise
         return _session_data(answer)
 
     async def list_connections(
@@ -218,12 +233,14 @@ class NangoClient:
                         path=path,
                         status=response.status_code,
                         code=code,
+                        nango_message=message,
                     )
                     raise NangoRejected(
                         f"Nango refused {method} {path} ({response.status_code} {code})"
                         + (f": {message}" if message else ""),
                         status=response.status_code,
                         code=code,
+                        nango_message=message,
                     )
                 problem = f"HTTP {response.status_code}"
             log.warning(

@@ -57,9 +57,7 @@ def test_reconcile_over_pages_creates_updates_and_deletes(
         },
     )
     fake_nango.add_connection(connection_id="nobody", integration_id="slack")
-    fake_nango.add_connection(
-        connection_id="broken-new", errors=[{"type": "refresh_token_error", "log_id": "l1"}]
-    )
+    fake_nango.add_connection(connection_id="broken-new", errors=["auth"])
     # Known here, and changed at Nango.
     fake_nango.add_connection(connection_id="recovered", tags={"end_user_id": "u-r"})
     insert_connection(
@@ -74,7 +72,7 @@ def test_reconcile_over_pages_creates_updates_and_deletes(
     fake_nango.add_connection(
         connection_id="now-broken",
         tags={"end_user_id": "u-b"},
-        errors=[{"type": "credential_check_failed", "log_id": "l2"}],
+        errors=["auth"],
     )
     insert_connection(
         sync_engine,
@@ -132,11 +130,11 @@ def test_reconcile_over_pages_creates_updates_and_deletes(
     assert rows["prod", "github", "legacy-user"].end_user_email == "legacy@example.com"
     assert rows["prod", "slack", "nobody"].end_user_id is None
     assert rows["prod", "github", "broken-new"].status == "auth_error"
-    assert rows["prod", "github", "broken-new"].error_type == "refresh_token_error"
+    assert rows["prod", "github", "broken-new"].error_type == "auth"
     assert rows["prod", "github", "recovered"].status == "active"
     assert rows["prod", "github", "recovered"].error_type is None
     assert rows["prod", "github", "now-broken"].status == "auth_error"
-    assert rows["prod", "github", "now-broken"].error_type == "credential_check_failed"
+    assert rows["prod", "github", "now-broken"].error_type == "auth"
     assert rows["prod", "github", "old-tombstone"].status == "active"
     assert rows["prod", "github", "old-tombstone"].deleted_at is None
     assert rows["prod", "github", "gone"].status == "deleted"
