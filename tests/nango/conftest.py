@@ -3,6 +3,11 @@ from __future__ import annotations
 import pytest
 
 from app.connections import reconcile as reconcile_module
+from tests import secret_scan
+from tests.fakes.nango import CREDENTIAL_MARKER
+
+# Every credential the fake Nango hands out starts with the marker: none may reach a log line.
+secret_scan.register_secret(CREDENTIAL_MARKER)
 
 
 @pytest.fixture

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import httpx2
 import pytest
@@ -17,25 +15,11 @@ from app.nango.client import (
     NangoUnavailable,
 )
 from tests.fakes.nango import FakeNango
+from tests.nango.clients import client_for
 
 pytestmark = pytest.mark.anyio
 
 SECRET = "test-nango-secret-key"
-
-
-@asynccontextmanager
-async def client_for(
-    fake: FakeNango, *, secret: str | None = SECRET, retries: int = 2, timeout: float = 2.0
-) -> AsyncIterator[NangoClient]:
-    async with httpx2.AsyncClient(transport=fake.transport()) as http:
-        yield NangoClient(
-            http=http,
-            host="http://nango.test",
-            secret_key=SecretStr(secret) if secret is not None else None,
-            timeout_seconds=timeout,
-            max_retries=retries,
-            backoff_seconds=0.01,
-        )
 
 
 async def test_connect_session_sends_bearer_and_returns_session(fake_nango: FakeNango) -> None:
@@ -71,15 +55,6 @@ async def test_4xx_is_never_retried_and_keeps_nangos_code(fake_nango: FakeNango)
             await nango.create_connect_session({"tags": {"end_user_id": "u1"}, "bogus": 1})
     assert caught.value.status == 400
     assert caught.value.code == "invalid_body"
-    assert len(fake_nango.requests) == 1
-
-
-async def test_429_is_not_retried(fake_nango: FakeNango) -> None:
-    fake_nango.fail_next(1, status=429, code="too_many_requests")
-    async with client_for(fake_nango, retries=3) as nango:
-        with pytest.raises(NangoRejected) as caught:
-            await nango.list_connections()
-    assert (caught.value.status, caught.value.code) == (429, "too_many_requests")
     assert len(fake_nango.requests) == 1
 
 
@@ -141,17 +116,6 @@ async def test_listing_pages_newest_first(fake_nango: FakeNango) -> None:
     ids = [c["connection_id"] for c in first + second + third]
     assert ids == [c.connection_id for c in reversed(made)]
     assert fourth == []
-
-
-async def test_get_connection_drops_credentials(fake_nango: FakeNango) -> None:
-    fake_nango.add_connection(connection_id="abc", integration_id="slack")
-    async with client_for(fake_nango) as nango:
-        found = await nango.get_connection("abc", "slack")
-        missing = await nango.get_connection("nope", "slack")
-    assert found is not None
-    assert found["connection_id"] == "abc"
-    assert "credentials" not in found
-    assert missing is None
 
 
 async def test_delete_and_unknown_connection(fake_nango: FakeNango) -> None:
