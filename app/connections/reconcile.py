@@ -6,12 +6,23 @@ Nango has, creates the missing ones (attributed from their tags or end user), up
 from ``errors`` and merges attribution; only after a complete listing does it mark as deleted the
 local connections Nango no longer has.
 
+Only an ``auth`` entry in a listed connection's ``errors`` means its credentials are broken; a
+``sync`` entry (a failing sync) leaves the status alone (FACTS.md Correction 2). The listing
+names no error type beyond the word ``auth``, so a descriptive type stored from a webhook (say
+``refresh_token_external_error``) is kept, and ``auth`` is stored only where none is known.
+
 Safe while webhooks arrive: pages are applied in short transactions (no lock is held while Nango
 is asked for the next page), a row changed after the listing started may be newer than what the
 listing says and keeps its status, and a tombstone written after the listing started
 is never revived. Nango pages by offset, so a deletion at Nango during the listing can shift a
-connection past a page boundary: every deletion candidate is confirmed with a filtered listing
-before it is marked deleted.
+connection past a page boundary: every deletion candidate is confirmed with the listing's exact
+``connectionId`` filter before it is marked deleted (never ``search``: Nango's ``ILIKE`` makes a
+short legacy ID match hundreds of newer ones, and the one sought can fall off the page).
+
+Nango rate-limits its API (FACTS.md Correction 5). A run leaves a share of the limit to the
+service's other calls (it waits for the next window when the last answer said little is left),
+and its calls wait out 429s for up to ``CALL_PATIENCE_SECONDS``, so a large account finishes
+instead of failing halfway.
 """
 
 from __future__ import annotations
@@ -19,6 +30,7 @@ from __future__ import annotations
 import os
 import random
 import socket
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -30,7 +42,6 @@ import anyio
 
 from app.connections import store
 from app.connections.model import (
-    ATTRIBUTION_FIELDS,
     COLUMNS,
     LIVE_STATUSES,
     Attribution,
@@ -55,6 +66,14 @@ PAGE_SIZE = 1000
 # Rows written per transaction: short enough that a webhook waiting on SQLite's write lock (or on
 # a Postgres row lock) waits milliseconds, not the length of a page.
 CHUNK_SIZE = 100
+# The one word Nango's listing has for broken credentials (its other error type is "sync").
+AUTH_ERROR = "auth"
+# Left to the service's other calls to Nango (Connect sessions, deletes): when the last answer
+# said fewer than this share of the window's requests remain, wait for the next window.
+RATE_LIMIT_RESERVE = 0.1
+MAX_PACE_SECONDS = 60.0
+# How long one call may wait out Nango's 429s: three of its one-minute windows.
+CALL_PATIENCE_SECONDS = 180.0
 
 Key = tuple[str, str]  # (integration_id, connection_id)
 
@@ -98,13 +117,25 @@ class Listed:
 
     key: Key
     provider: str | None
-    error_type: str | None
+    broken: bool  # an "auth" entry in its errors
     errors: list[dict[str, str]]
     attribution: Attribution
 
     @property
     def status(self) -> str:
-        return ConnectionStatus.AUTH_ERROR if self.error_type else ConnectionStatus.ACTIVE
+        return ConnectionStatus.AUTH_ERROR if self.broken else ConnectionStatus.ACTIVE
+
+    def error_type(self, stored: Connection | None = None) -> str | None:
+        """The error type to keep: the stored one if any (a webhook's word is more precise than
+        the listing's), else ``auth``; None while the credentials work."""
+        if not self.broken:
+            return None
+        return (stored.error_type if stored is not None else None) or AUTH_ERROR
+
+    def agrees_on_status(self, connection: Connection) -> bool:
+        if connection.status != self.status:
+            return False
+        return not self.broken or connection.error_type is not None
 
     @property
     def detail(self) -> dict[str, Any]:
@@ -118,6 +149,7 @@ class _Run:
     environment: str
     holder: str
     started: datetime = field(default_factory=utcnow)
+    lease_renewed: datetime = field(default_factory=utcnow)
     counts: ReconcileCounts = field(default_factory=ReconcileCounts)
     seen: set[Key] = field(default_factory=set)
 
@@ -142,7 +174,10 @@ async def reconcile(
     finished successfully that recently: checked under the lease, so instances do not repeat it.
     """
     run = _Run(
-        database=database, nango=nango, environment=environment, holder=holder or new_holder()
+        database=database,
+        nango=nango.patient(CALL_PATIENCE_SECONDS),
+        environment=environment,
+        holder=holder or new_holder(),
     )
     await _renew_lease(run)
     try:
@@ -177,6 +212,20 @@ async def _renew_lease(run: _Run) -> None:
     async with run.database.transaction() as tx:
         if not await acquire_lease(tx, name=LEASE_NAME, holder=run.holder, ttl=LEASE_TTL):
             raise ReconcileBusy("a reconciliation is already running")
+    run.lease_renewed = utcnow()
+
+
+async def _before_calling_nango(run: _Run) -> None:
+    """Keep the lease (rate-limit waits can be long) and pace the run."""
+    if utcnow() - run.lease_renewed > LEASE_TTL / 5:
+        await _renew_lease(run)
+    quota = run.nango.rate_limit
+    if quota is None or quota.remaining > quota.limit * RATE_LIMIT_RESERVE:
+        return
+    wait = min(quota.resets_at - time.monotonic(), MAX_PACE_SECONDS)
+    if wait > 0:
+        log.info("reconcile_paced", seconds=round(wait, 2), remaining=quota.remaining)
+        await anyio.sleep(wait)
 
 
 async def _succeeded_since(database: Database, since: datetime) -> bool:
@@ -209,6 +258,7 @@ async def _finish(
 async def _list_and_apply(run: _Run, page_size: int) -> None:
     page = 0
     while True:
+        await _before_calling_nango(run)
         items = await run.nango.list_connections(page=page, limit=page_size)
         new = 0
         for offset in range(0, len(items), CHUNK_SIZE):
@@ -237,29 +287,20 @@ def read_listed(item: Mapping[str, Any]) -> Listed | None:
     connection_id = clean_text(item.get("connection_id"))
     if integration_id is None or connection_id is None:
         return None
-    error_type, errors = _errors(item)
+    errors = item.get("errors")
+    entries = [e for e in errors if isinstance(e, dict)] if isinstance(errors, list) else []
     return Listed(
         key=(integration_id, connection_id),
         provider=clean_text(item.get("provider")),
-        error_type=error_type,
-        errors=errors,
+        broken=any(entry.get("type") == AUTH_ERROR for entry in entries),
+        errors=[
+            {k: str(v)[:255] for k, v in entry.items() if k in ("type", "log_id")}
+            for entry in entries[:10]
+        ],
         attribution=Attribution.from_nango(
             tags=item.get("tags"), end_user=_flat_end_user(item.get("end_user"))
         ),
     )
-
-
-def _errors(item: Mapping[str, Any]) -> tuple[str | None, list[dict[str, str]]]:
-    errors = item.get("errors")
-    if not isinstance(errors, list) or not errors:
-        return None, []
-    kept = [
-        {k: str(v)[:255] for k, v in error.items() if k in ("type", "log_id")}
-        for error in errors[:5]
-        if isinstance(error, dict)
-    ]
-    first = kept[0].get("type") if kept else None
-    return (first or "unknown_error"), kept
 
 
 def _flat_end_user(end_user: object) -> object:
@@ -329,7 +370,7 @@ def _new_values(run: _Run, listed: Listed, now: datetime) -> dict[str, Any]:
         provider=listed.provider,
         status=listed.status,
         attribution=listed.attribution,
-        error_type=listed.error_type,
+        error_type=listed.error_type(),
         now=now,
     )
 
@@ -356,16 +397,19 @@ def _history(
 
 def _already_agrees(connection: Connection, listed: Listed) -> bool:
     """True when applying ``listed`` would change nothing on ``connection``."""
-    if connection.status != listed.status:
-        return False
-    if listed.error_type and connection.error_type != listed.error_type:
-        return False
-    for name in ATTRIBUTION_FIELDS:
-        value = getattr(listed.attribution, name)
-        if value is not None and getattr(connection, name) != value:
-            return False
-    stored = connection.tags
-    return all(stored.get(key) == value for key, value in listed.attribution.tags.items())
+    return listed.agrees_on_status(connection) and not store.owner_changes(
+        connection, listed.attribution
+    )
+
+
+def _take_status(connection: Connection, listed: Listed, now: datetime) -> None:
+    store.set_status(
+        connection,
+        listed.status,
+        error_type=listed.error_type(connection),
+        error_description=connection.error_description if listed.broken else None,
+        now=now,
+    )
 
 
 async def _update(
@@ -377,16 +421,13 @@ async def _update(
     if connection.status == ConnectionStatus.DELETED:
         # A tombstone newer than the listing may be a deletion the listing has not seen.
         if connection.deleted_at is None or connection.deleted_at < run.started:
-            store.set_status(connection, listed.status, error_type=listed.error_type, now=now)
+            _take_status(connection, listed, now)
             connection.deleted_at = None
             history.append(_history(connection, listed, "restore", previous, now))
-    elif connection.updated_at < run.started and (
-        connection.status != listed.status
-        or (listed.error_type and connection.error_type != listed.error_type)
-    ):
+    elif connection.updated_at < run.started and not listed.agrees_on_status(connection):
         # A row changed since the listing started may carry newer news (a webhook) than the
         # page; the next run settles it.
-        store.set_status(connection, listed.status, error_type=listed.error_type, now=now)
+        _take_status(connection, listed, now)
         history.append(_history(connection, listed, "status", previous, now))
     if await store.merge_attribution(tx, connection, listed.attribution):
         connection.updated_at = now
@@ -410,18 +451,20 @@ async def _delete_missing(run: _Run) -> int:
         return 0
     deleted = 0
     for pk, integration_id, connection_id in missing:
-        found = await run.nango.list_connections(
-            page=0, limit=100, search=connection_id, integration_ids=[integration_id]
-        )
-        if any(
-            (listed := read_listed(item)) is not None
-            and listed.key == (integration_id, connection_id)
-            for item in found
-        ):
+        if await _still_at_nango(run, (integration_id, connection_id)):
             continue
         async with run.database.transaction() as tx:
             deleted += await _mark_deleted(tx, run, pk)
     return deleted
+
+
+async def _still_at_nango(run: _Run, key: Key) -> bool:
+    """Ask Nango for exactly this connection (``connectionId`` + ``integrationId``)."""
+    await _before_calling_nango(run)
+    found = await run.nango.list_connections(
+        page=0, limit=10, connection_id=key[1], integration_ids=[key[0]]
+    )
+    return any((listed := read_listed(item)) is not None and listed.key == key for item in found)
 
 
 async def _mark_deleted(tx: Transaction, run: _Run, pk: int) -> bool:

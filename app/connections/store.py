@@ -200,23 +200,30 @@ async def reindex_tags(tx: Transaction, connection: Connection) -> None:
         await _index_tags(tx, connection)
 
 
+def owner_changes(connection: Connection, attribution: Attribution) -> dict[str, Any]:
+    """What merging ``attribution`` into ``connection`` would change: the owner fields it knows
+    that differ, and ``tags`` when the merged tags differ. Nothing stored is ever erased."""
+    changes: dict[str, Any] = {
+        name: value
+        for name in ATTRIBUTION_FIELDS
+        if (value := getattr(attribution, name)) is not None and getattr(connection, name) != value
+    }
+    merged = {**connection.tags, **attribution.tags}
+    if merged != connection.tags:
+        changes["tags"] = merged
+    return changes
+
+
 def merge_owner(connection: Connection, attribution: Attribution) -> tuple[bool, bool]:
-    """Fill in what the source knows, in memory; never erase what is stored.
+    """Fill in what the source knows, in memory (``owner_changes``).
 
     Returns ``(changed, tags_changed)``: the caller saves, and re-indexes the tags if they
     changed (``merge_attribution`` does both).
     """
-    changed = False
-    for name in ATTRIBUTION_FIELDS:
-        value = getattr(attribution, name)
-        if value is not None and getattr(connection, name) != value:
-            setattr(connection, name, value)
-            changed = True
-    merged = {**connection.tags, **attribution.tags}
-    tags_changed = merged != connection.tags
-    if tags_changed:
-        connection.tags = merged
-    return changed or tags_changed, tags_changed
+    changes = owner_changes(connection, attribution)
+    for name, value in changes.items():
+        setattr(connection, name, value)
+    return bool(changes), "tags" in changes
 
 
 async def merge_attribution(

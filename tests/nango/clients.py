@@ -1,4 +1,4 @@
-"""The real NangoClient wired to a fake Nango, for the tests of this package."""
+"""The real NangoClient wired to a fake Nango, and the reconcile route, for this package's tests."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx2
 from pydantic import SecretStr
+from starlette.testclient import TestClient
 
 from app.nango.client import NangoClient
 from tests.fakes.nango import DEFAULT_SECRET, FakeNango
@@ -34,3 +35,12 @@ async def client_for(
             max_retries=retries,
             **{"backoff_seconds": 0.01, **FAST_RATE_LIMITS, **options},
         )
+
+
+def reconcile_over_http(api: TestClient, headers: dict[str, str]) -> dict[str, int]:
+    """``POST /v1/reconcile``, which must succeed; its counts."""
+    response = api.post("/v1/reconcile", headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.json()["environment"] == "prod"
+    counts: dict[str, int] = response.json()["counts"]
+    return counts

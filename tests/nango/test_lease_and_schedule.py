@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -14,24 +13,17 @@ from pydantic import SecretStr
 from sqlalchemy import Engine, select
 
 from app.connections.reconcile import run_schedule
-from app.db.database import Database, connected
+from app.db.database import Database
 from app.db.leases import acquire_lease, release_lease
 from app.db.tables import ReconcileRunTable
 from app.db.types import utcnow
 from app.nango.client import NangoClient
-from app.settings import Settings
 from tests.fakes.nango import DEFAULT_SECRET, FakeNango
 
 pytestmark = pytest.mark.anyio
 
 TTL = timedelta(seconds=30)
 RUNS: Any = ReconcileRunTable.__table__
-
-
-@pytest.fixture
-async def database(settings: Settings, sync_engine: Engine) -> AsyncIterator[Database]:
-    async with connected(settings) as database:
-        yield database
 
 
 async def take(database: Database, holder: str, **kwargs: Any) -> bool:

@@ -12,6 +12,7 @@ from starlette.testclient import TestClient
 
 from app.db.tables import LeaseTable, ReconcileRunTable
 from tests.fakes.nango import FakeNango
+from tests.nango.clients import reconcile_over_http as reconcile
 from tests.rows import CONNECTIONS, all_connections, connection_row, events, insert_connection
 
 pytestmark = pytest.mark.usefixtures("small_pages")
@@ -25,14 +26,6 @@ def metric(trigger: str, status: str) -> float:
         "nango_registry_reconcile_runs_total", {"trigger": trigger, "status": status}
     )
     return value or 0.0
-
-
-def reconcile(api: TestClient, headers: dict[str, str]) -> dict[str, int]:
-    response = api.post("/v1/reconcile", headers=headers)
-    assert response.status_code == 200, response.text
-    assert response.json()["environment"] == "prod"
-    counts: dict[str, int] = response.json()["counts"]
-    return counts
 
 
 def test_reconcile_over_pages_creates_updates_and_deletes(
@@ -118,7 +111,8 @@ def test_reconcile_over_pages_creates_updates_and_deletes(
         "unattributed": 2,
     }
     pages = fake_nango.requests_to("GET", "/connections")
-    listing = [r for r in pages if "search" not in r.query]
+    listing = [r for r in pages if "connectionId" not in r.query]
+    assert not any("search" in r.query for r in pages)
     assert [r.query["page"] for r in listing] == [str(p) for p in range(len(listing))]
     assert len(listing) == total // small_pages + 1
     rows = all_connections(sync_engine)
