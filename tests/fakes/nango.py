@@ -88,12 +88,14 @@ def _iso(moment: datetime, *, offset: bool = False) -> str:
 
 
 def _new_credentials() -> dict[str, Any]:
+    """OAuth2 credentials as Nango answers them: the tokens, and the provider's raw answer."""
+    access, refresh = (CREDENTIAL_MARKER + secrets.token_hex(16) for _ in range(2))
     return {
         "type": "OAUTH2",
-        "access_token": CREDENTIAL_MARKER + secrets.token_hex(16),
-        "refresh_token": CREDENTIAL_MARKER + secrets.token_hex(16),
+        "access_token": access,
+        "refresh_token": refresh,
         "expires_at": "2030-01-01T00:00:00.000Z",
-        "raw": {"access_token": "see above", "token_type": "bearer"},
+        "raw": {"access_token": access, "refresh_token": refresh, "token_type": "bearer"},
     }
 
 
@@ -143,6 +145,13 @@ class FakeConnection:
             else None,
             "credentials": dict(self.credentials),
         }
+
+    @property
+    def searched_texts(self) -> list[str]:
+        """What ``search`` looks in: the connection ID, the end user's display name and email."""
+        end_user = self.end_user or {}
+        texts = (self.connection_id, end_user.get("display_name"), end_user.get("email"))
+        return [text for text in texts if isinstance(text, str)]
 
     @property
     def organization_id(self) -> str | None:
@@ -427,18 +436,7 @@ class FakeNango:
             matches = [c for c in matches if c.organization_id == wanted["endUserOrganizationId"]]
         if "search" in wanted:
             pattern = rules.like(wanted["search"])
-            matches = [
-                c
-                for c in matches
-                if any(
-                    isinstance(text, str) and pattern.fullmatch(text)
-                    for text in (
-                        c.connection_id,
-                        (c.end_user or {}).get("display_name"),
-                        (c.end_user or {}).get("email"),
-                    )
-                )
-            ]
+            matches = [c for c in matches if any(map(pattern.fullmatch, c.searched_texts))]
         return matches
 
     # One connection (controllers/connection/connectionId/*.ts) ----------------------------------
