@@ -1,4 +1,4 @@
-"""Where a connection's state changes in response to a webhook.
+"""How a webhook changes a connection: the rules, applied to a stored delivery.
 
 Rules (Nango sends no timestamps and no ordering, so they must hold in any order and twice):
 
