@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -156,6 +156,9 @@ def _content(media_type: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"content": {media_type: {"schema": schema}}}
 
 
+Refs = Mapping[tuple[Any, JsonSchemaMode], dict[str, Any]]
+
+
 def document(routes: Iterable[BaseRoute]) -> dict[str, Any]:
     operations = list(_operations(routes))
     models: set[tuple[type[BaseModel], JsonSchemaMode]] = {(ErrorAnswer, "serialization")}
@@ -163,45 +166,17 @@ def document(routes: Iterable[BaseRoute]) -> dict[str, Any]:
         models |= {(m, "serialization") for m in spec.answers.values() if m is not None}
         if spec.body is not None:
             models.add((spec.body, "validation"))
-    keys, schemas = models_json_schema(
+    refs, schemas = models_json_schema(
         sorted(models, key=lambda item: (item[0].__name__, item[1])),  # a stable document
         ref_template="#/components/schemas/{model}",
     )
     components: dict[str, Any] = dict(schemas.get("$defs", {}))
     paths: dict[str, dict[str, Any]] = {}
     for route, method, spec in operations:
-        item: dict[str, Any] = {"operationId": spec.id, "summary": spec.summary}
-        if spec.description:
-            item["description"] = spec.description
-        if spec.auth:
-            item["security"] = BEARER
-        parameters = _path_parameters(route)
-        if spec.query is not None:
-            parameters += _query_parameters(spec.query, components)
-        parameters += list(spec.parameters)
-        if parameters:
-            item["parameters"] = parameters
-        if spec.body is not None:
-            item["requestBody"] = {
-                "required": spec.body_required,
-                **_content(JSON, keys[(spec.body, "validation")]),
-            }
-        responses: dict[str, Any] = {}
-        for status, model in spec.answers.items():
-            answer: dict[str, Any] = {"description": "OK" if status < 300 else "Answer"}
-            if model is not None:
-                answer.update(_content(spec.media_type, keys[(model, "serialization")]))
-            else:
-                plain = {"type": "object"} if spec.media_type == JSON else {"type": "string"}
-                answer.update(_content(spec.media_type, plain))
-            responses[str(status)] = answer
-        errors = set(spec.errors) | ({401} if spec.auth else set())
-        for status in sorted(errors):
-            responses[str(status)] = {"$ref": f"#/components/responses/E{status}"}
-        item["responses"] = responses
-        item.update(spec.extra)
-        paths.setdefault(_template(route.path), {})[method] = item
-    error_ref = keys[(ErrorAnswer, "serialization")]
+        paths.setdefault(_template(route.path), {})[method] = _operation(
+            route, spec, refs, components
+        )
+    error = _content(JSON, refs[(ErrorAnswer, "serialization")])
     return _by_title(
         {
             "openapi": "3.1.0",
@@ -214,8 +189,7 @@ def document(routes: Iterable[BaseRoute]) -> dict[str, Any]:
             "components": {
                 "schemas": components,
                 "responses": {
-                    f"E{status}": {"description": text, **_content(JSON, error_ref)}
-                    for status, text in ERRORS.items()
+                    f"E{status}": {"description": text, **error} for status, text in ERRORS.items()
                 },
                 "securitySchemes": {
                     "bearerAuth": {
@@ -227,6 +201,39 @@ def document(routes: Iterable[BaseRoute]) -> dict[str, Any]:
             },
         }
     )
+
+
+def _operation(
+    route: Route, spec: Operation, refs: Refs, components: dict[str, Any]
+) -> dict[str, Any]:
+    item: dict[str, Any] = {"operationId": spec.id, "summary": spec.summary}
+    if spec.description:
+        item["description"] = spec.description
+    if spec.auth:
+        item["security"] = BEARER
+    parameters = _path_parameters(route)
+    if spec.query is not None:
+        parameters += _query_parameters(spec.query, components)
+    parameters += list(spec.parameters)
+    if parameters:
+        item["parameters"] = parameters
+    if spec.body is not None:
+        item["requestBody"] = {
+            "required": spec.body_required,
+            **_content(JSON, refs[(spec.body, "validation")]),
+        }
+    responses: dict[str, Any] = {}
+    for status, model in spec.answers.items():
+        if model is not None:
+            schema = refs[(model, "serialization")]
+        else:
+            schema = {"type": "object"} if spec.media_type == JSON else {"type": "string"}
+        responses[str(status)] = {"description": "Answer", **_content(spec.media_type, schema)}
+    for status in sorted(set(spec.errors) | ({401} if spec.auth else set())):
+        responses[str(status)] = {"$ref": f"#/components/responses/E{status}"}
+    item["responses"] = responses
+    item.update(spec.extra)
+    return item
 
 
 def _by_title(document: dict[str, Any]) -> dict[str, Any]:
