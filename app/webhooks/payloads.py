@@ -1,6 +1,6 @@
 """Reading webhook bodies: the facts the inbox stores and the state machine applies.
 
-Body shapes: ../shared/nango/FACTS.md section 4. New ``type`` values appear without notice, and
+Body shapes: docs/nango.md section 4. New ``type`` values appear without notice, and
 an unattributed forward is the provider's raw payload with no ``type`` at all: both are stored
 and acknowledged, never refused.
 """

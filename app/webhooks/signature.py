@@ -70,7 +70,7 @@ def environment_of(
 ) -> str | None:
     """The environment a verified delivery belongs to, or WrongEnvironment.
 
-    Only auth bodies name an ``environment`` (FACTS.md, Corrections 1). A body that names none
+    Only auth bodies name an ``environment`` (docs/nango.md, Corrections 1). A body that names none
     belongs to its key's environment; one that names another than its key's is refused. The
     same secret may be listed for several environments (``prod=K,dev=K``): every entry holding
     it signed the body, and one of them must allow what it names; naming none, it belongs to

@@ -1,4 +1,4 @@
-"""An in-process fake of Nango's API, written from /work/shared/nango/FACTS.md sections 5 and 6.
+"""An in-process fake of Nango's API, written from docs/nango.md sections 5 and 6.
 
 It validates request bodies as strictly as Nango (unknown keys → 400 ``invalid_body``, the tag
 rules), keeps connections in memory, pages ``GET /connections`` newest first by ``limit``/``page``,
