@@ -1,7 +1,7 @@
 """Reconciliation: make the registry agree with Nango's connections API.
 
-Webhooks get lost (docs/nango.md section 3), deletions are opt-in and never sent for bulk deletes, and
-connections older than this service were never announced. A run pages through every connection
+Webhooks get lost (docs/nango.md section 3), deletions are opt-in and never sent for bulk
+deletes, and connections older than this service were never announced. A run pages through every connection
 Nango has, creates the missing ones (attributed from their tags or end user), updates statuses
 from ``errors`` and merges attribution; only after a complete listing does it mark as deleted the
 local connections Nango no longer has.
