@@ -1,17 +1,17 @@
 """Reconciliation: make the registry agree with Nango's connections API.
 
 Webhooks get lost (docs/nango.md section 3), deletions are opt-in and never sent for bulk
-deletes, and connections older than this service were never announced. A run pages through every connection
-Nango has, creates the missing ones (attributed from their tags or end user), updates statuses
-from ``errors`` and merges attribution; only after a complete listing does it mark as deleted the
-local connections Nango no longer has.
+deletes, and connections older than this service were never announced. A run pages through every
+connection Nango has, creates the missing ones (attributed from their tags or end user), updates
+statuses from ``errors`` and merges attribution; only after a complete listing does it mark as
+deleted the local connections Nango no longer has.
 
 Safe while webhooks arrive: pages are applied in short transactions (no lock is held while Nango
 is asked for the next page), a row changed after the listing started may be newer than what the
-listing says and keeps its status, and a tombstone written after the listing started
-is never revived. Nango pages by offset, so a deletion at Nango during the listing can shift a
-connection past a page boundary: every deletion candidate is confirmed with a filtered listing
-before it is marked deleted.
+listing says and keeps its status, and a tombstone written after the listing started is never
+revived. Nango pages by offset, so a deletion at Nango during the listing can shift a connection
+past a page boundary: every deletion candidate is confirmed with a filtered listing before it is
+marked deleted.
 """
 
 from __future__ import annotations
