@@ -109,7 +109,7 @@ class SecretScanPlugin:
             CAPTURE.add(_record_text(record), f"log:{record.name}")
             original(logger, record)
 
-        logging.Logger.callHandlers = call_handlers  # type: ignore[method-assign]
+        logging.Logger.callHandlers = call_handlers  # type: ignore[method-assign,assignment]
         processors = structlog.get_config()["processors"]
         structlog.configure(processors=[_capture_structlog, *processors])
         # app.logs renders its own events without the standard library: whatever structlog is
@@ -121,7 +121,7 @@ class SecretScanPlugin:
                 kwargs["processors"] = [_capture_structlog, *kwargs["processors"]]
             configure(**kwargs)
 
-        structlog.configure = configure_with_capture
+        structlog.configure = configure_with_capture  # type: ignore[assignment]
         from tests.webhooks import helpers
 
         _wrap_signer(helpers, "sign")

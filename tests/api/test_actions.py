@@ -8,14 +8,14 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine, insert, text
+from sqlmodel import SQLModel
 from starlette.testclient import TestClient
 
 from app.api.keys import hash_key
-from app.db.tables import ApiKeyTable
 from tests.fakes.nango import FakeNango
 from tests.rows import connection_row, insert_connection
 
-API_KEYS: Any = ApiKeyTable.__table__
+API_KEYS = SQLModel.metadata.tables["api_keys"]
 
 
 # Connect sessions ---------------------------------------------------------------------------

@@ -90,7 +90,7 @@ def _load_schema() -> Any:
     # that is never started; each test sends them to its own app (`app=`) on the test database.
     # (schemathesis.pytest.from_fixture would fit better but fails under pytest 9: it reads
     # the removed `Function._nodeid`.)
-    blueprint = create_app(Settings(_env_file=None, database_url="sqlite://"))  # type: ignore[call-arg]
+    blueprint = create_app(Settings(_env_file=None, database_url="sqlite://"))
     loaded = schemathesis.openapi.from_dict(openapi.document(blueprint.routes))
     loaded.app = blueprint
     return loaded

@@ -55,7 +55,7 @@ def test_facts_signature_vectors() -> None:
     key = SigningKey(b"secret")
     hmac_hex = b"b82fcb791acec57859b989b430a826488ce2e479fdf92326bd0a2e8375a42ba4"
     legacy_hex = b"22439a879b090cd05e5b51c5b5d7e4a205830e6ab4f54b90f5a822b7c7110934"
-    common = {"body": b"payload", "keys": [key]}
+    common: dict[str, Any] = {"body": b"payload", "keys": [key]}
     assert verify_signature(hmac_header=hmac_hex, legacy_header=None, accept_legacy=False, **common)
     assert verify_signature(
         hmac_header=None, legacy_header=legacy_hex, accept_legacy=True, **common
