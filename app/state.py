@@ -1,4 +1,4 @@
-"""What ``lifespan`` owns, shared with the handlers through ``request.app.state``."""
+"""What the app owns while it runs (built by ``app.lifespan``), as handlers reach it."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from app.db.database import Database
 from app.settings import Settings
 
 if TYPE_CHECKING:
-    from app.api.auth import ApiKeyCache
+    from app.api.keys import ApiKeyCache
     from app.nango.client import NangoClient
 
 
@@ -22,7 +22,7 @@ class AppState:
     database: Database
     api_keys: ApiKeyCache
     nango: NangoClient
-    # Tasks lifespan started and cancels at shutdown (the reconcile schedule).
+    # Tasks started at start-up and cancelled at shutdown.
     background: list[asyncio.Task[None]] = field(default_factory=list)
 
 

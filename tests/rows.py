@@ -6,11 +6,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine, insert, select
+from sqlmodel import SQLModel
 
-from app.db.tables import ConnectionEventTable, ConnectionTable
+import app.db.tables  # noqa: F401  (registers the tables on the metadata)
 
-CONNECTIONS: Any = ConnectionTable.__table__
-EVENTS: Any = ConnectionEventTable.__table__
+CONNECTIONS = SQLModel.metadata.tables["connections"]
+EVENTS = SQLModel.metadata.tables["connection_events"]
 
 
 def insert_connection(engine: Engine, **values: Any) -> None:

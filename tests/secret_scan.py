@@ -1,12 +1,13 @@
 """A pytest plugin: every log line of the whole test session is checked for secrets at the end.
 
 Captured: every standard-library log record (whatever handlers ``configure_logging`` installs or
-a test removes, by wrapping ``Logger.callHandlers``), every structlog event (a capturing processor
-is put first in every configuration), the stdout/stderr/log sections pytest keeps for each test, and the output
-of server subprocesses that tests hand in with ``add_output``. Checked when the session ends:
-no signing key, API key, Nango secret key, cursor secret, database password or signature header
-value may appear. Signatures are known because ``tests.webhooks.helpers.sign`` and
-``legacy_sign`` are wrapped to register every value they produce.
+a test removes, by wrapping ``Logger.callHandlers``), every structlog event (a capturing
+processor is put first in every configuration), the stdout/stderr/log sections pytest keeps for
+each test, and the output of server subprocesses that tests hand in with ``add_output``.
+Checked when the session ends: no signing key, API key, Nango secret key, cursor secret,
+database password or signature header value may appear. Signatures are known because
+``tests.webhooks.helpers.sign`` and ``legacy_sign`` are wrapped to register every value they
+produce.
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ class SecretScanPlugin:
             CAPTURE.add(_record_text(record), f"log:{record.name}")
             original(logger, record)
 
-        logging.Logger.callHandlers = call_handlers  # type: ignore[method-assign]
+        logging.Logger.callHandlers = call_handlers  # type: ignore[method-assign,assignment]
         processors = structlog.get_config()["processors"]
         structlog.configure(processors=[_capture_structlog, *processors])
         # app.logs renders its own events without the standard library: whatever structlog is
@@ -120,7 +121,7 @@ class SecretScanPlugin:
                 kwargs["processors"] = [_capture_structlog, *kwargs["processors"]]
             configure(**kwargs)
 
-        structlog.configure = configure_with_capture
+        structlog.configure = configure_with_capture  # type: ignore[assignment]
         from tests.webhooks import helpers
 
         _wrap_signer(helpers, "sign")

@@ -24,7 +24,7 @@ def test_database_urls_are_normalised(given: str, expected: str) -> None:
 
 def test_defaults_use_sqlite_in_the_working_directory(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DATABASE_URL", raising=False)
-    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None)
     assert settings.database_url == "sqlite:///./nango-registry.db"
     assert settings.is_sqlite
     assert settings.webhook_max_body_bytes == 2 * 1024 * 1024
@@ -33,7 +33,7 @@ def test_defaults_use_sqlite_in_the_working_directory(monkeypatch: pytest.Monkey
 def test_comma_separated_keys_with_environment_binding(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NANGO_WEBHOOK_SIGNING_KEYS", " old-key , prod=new-key,dev=dev-key ")
     monkeypatch.setenv("REGISTRY_API_KEYS", "a,b")
-    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None)
     assert settings.signing_keys == (
         SigningKey(b"old-key"),
         SigningKey(b"new-key", "prod"),

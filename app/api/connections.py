@@ -1,67 +1,127 @@
-"""The lookup API: ``/v1/connections``, one connection, its history, an end user's summary.
+"""``/v1/connections`` and everything under ``/v1/connections/{connection_id}``.
 
-Every route authenticates first (a bad key is a 401 before any 400) and is counted in
-``nango_registry_lookups{route}``.
+Reads (listing, one connection, its history) take any API key; changes (delete, a reconnect
+session) a full-access one. Every route authenticates first, so a bad key is a 401 before any
+400. Lookups are counted in ``nango_registry_lookups{route}``.
+
+A connection ID containing ``/`` (a legacy ID) is sent as ``%2F`` in the path; a raw ``/``
+always separates segments (``app.middleware.RawPathRouting``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from functools import wraps
+from typing import Any
 
+from starlette.endpoints import HTTPEndpoint
 from starlette.requests import Request
 from starlette.routing import Route
 
 from app.api import cursors
-from app.api.auth import require_api_key
-from app.api.schemas import (
-    ConnectionSelector,
-    connection_to_json,
-    event_to_json,
-    parse_connection_query,
-    parse_page,
-    parse_selector,
-    parse_summary_query,
-    storable,
+from app.api.inputs import parse_body, parse_query, parse_tags
+from app.api.keys import require_api_key
+from app.api.openapi import operation
+from app.api.shapes import (
+    ConnectionAnswer,
+    ConnectionListQuery,
+    ConnectionPage,
+    ConnectSession,
+    HistoryPage,
+    HistoryQuery,
+    ReconnectRequest,
+    Selector,
+    WriteSelector,
+    connection_json,
+    history_json,
 )
-from app.connections import queries
-from app.connections.model import Connection
+from app.api.upstream import nango_errors
+from app.connections import queries, store
+from app.connections.model import (
+    ATTRIBUTION_FIELDS,
+    MAX_TAGS,
+    Connection,
+    ConnectionStatus,
+    check_tag_key,
+)
+from app.connections.queries import ConnectionFilters
 from app.db.database import Transaction
-from app.errors import NotFound
+from app.errors import BadRequest, Conflict, NotFound
 from app.logs import get_logger
 from app.metrics import LOOKUPS
+from app.nango.client import NangoRejected
 from app.responses import JSONResponse
 from app.state import app_state
 
 log = get_logger(__name__)
 
-Handler = Callable[[Request], Awaitable[JSONResponse]]
+TAG_FILTER = {
+    "name": "tag",
+    "in": "query",
+    "description": "tag[KEY]=VALUE, at most ten; several must all match; keys compare lowercased",
+    "style": "deepObject",
+    "explode": True,
+    "schema": {
+        "type": "object",
+        "propertyNames": {"pattern": "^[a-z][a-z0-9_\\-./]{0,63}$"},
+        "additionalProperties": {"type": "string", "minLength": 1, "maxLength": 255},
+        "maxProperties": MAX_TAGS,
+    },
+}
+
+_LISTED = LOOKUPS.labels(route="list_connections")
+_FETCHED = LOOKUPS.labels(route="get_connection")
+_HISTORY = LOOKUPS.labels(route="connection_events")
 
 
-def lookup(route: str) -> Callable[[Handler], Handler]:
-    counter = LOOKUPS.labels(route=route)
-
-    def decorate(handler: Handler) -> Handler:
-        @wraps(handler)
-        async def wrapper(request: Request) -> JSONResponse:
-            counter.inc()
-            # An unreachable database becomes a 503 in the app-wide handler (app.errors).
-            await require_api_key(request)
-            return await handler(request)
-
-        return wrapper
-
-    return decorate
+def _filters(query: ConnectionListQuery, tags: dict[str, str]) -> ConnectionFilters:
+    """The filters, which are also what a cursor is bound to (not the page size)."""
+    statuses = queries.LISTED_BY_DEFAULT if query.status is None else query.status
+    return {
+        "end_user_id": query.end_user_id,
+        "organization_id": query.organization_id,
+        "integration_id": query.integration_id,
+        "environment": query.environment,
+        "statuses": [str(status) for status in ConnectionStatus if status in statuses],
+        "tags": tags,
+        "attributed": query.attributed,
+    }
 
 
-async def _addressed_connection(
-    tx: Transaction, request: Request, selector: ConnectionSelector
-) -> Connection:
+class Connections(HTTPEndpoint):
+    @operation(
+        id="listConnections",
+        summary="Connections, newest first; every filter given must match",
+        answers={200: ConnectionPage},
+        errors=(400, 503),
+        query=ConnectionListQuery,
+        parameters=(TAG_FILTER,),
+    )
+    async def get(self, request: Request) -> JSONResponse:
+        _LISTED.inc()
+        await require_api_key(request)
+        query = parse_query(ConnectionListQuery, request.query_params, tags=True)
+        filters = _filters(query, parse_tags(request.query_params))
+        settings = app_state(request).settings
+        after_id = cursors.decode_cursor(
+            settings, route="connections", cursor=query.cursor, scope=filters
+        )
+        async with app_state(request).database.reader() as tx:
+            page = await queries.find_connections(
+                tx, limit=query.limit, after_id=after_id, **filters
+            )
+        next_cursor = cursors.encode_cursor(
+            settings, route="connections", after_id=page.next_after_id, scope=filters
+        )
+        return JSONResponse(
+            {"data": [connection_json(row) for row in page.items], "next_cursor": next_cursor}
+        )
+
+
+async def _addressed(tx: Transaction, request: Request, selector: Selector) -> Connection:
     """The connection the path (and ``integration_id`` / ``environment``) names."""
-    connection_id = request.path_params["connection_id"]
-    if not storable(connection_id):
+    connection_id: str = request.path_params["connection_id"]
+    if "\x00" in connection_id:  # Postgres text cannot hold NUL: no such connection is stored
         raise NotFound(f"no connection {connection_id!r}", code="connection_not_found")
-    return await queries.get_connection(
+    return await queries.load_connection(
         tx,
         connection_id=connection_id,
         integration_id=selector.integration_id,
@@ -69,101 +129,182 @@ async def _addressed_connection(
     )
 
 
-@lookup("list_connections")
-async def list_connections(request: Request) -> JSONResponse:
-    query = parse_connection_query(request.query_params)
-    settings = app_state(request).settings
-    after_id = None
-    if query.cursor is not None:
-        after_id = cursors.decode_cursor(
-            settings, route="connections", cursor=query.cursor, scope=query.scope()
-        )
-    async with app_state(request).database.reader() as tx:
-        page = await queries.find_connections(
-            tx, limit=query.limit, after_id=after_id, **query.scope()
-        )
-    next_cursor = None
-    if page.next_after_id is not None:
-        next_cursor = cursors.encode_cursor(
-            settings, route="connections", after_id=page.next_after_id, scope=query.scope()
-        )
-    return JSONResponse(
-        {"data": [connection_to_json(row) for row in page.items], "next_cursor": next_cursor}
+class ConnectionItem(HTTPEndpoint):
+    @operation(
+        id="getConnection",
+        summary="One connection, deleted ones included",
+        answers={200: ConnectionAnswer},
+        errors=(400, 404, 409, 503),
+        query=Selector,
     )
+    async def get(self, request: Request) -> JSONResponse:
+        _FETCHED.inc()
+        await require_api_key(request)
+        selector = parse_query(Selector, request.query_params)
+        async with app_state(request).database.reader() as tx:
+            connection = await _addressed(tx, request, selector)
+        return JSONResponse({"data": connection_json(connection)})
+
+    @operation(
+        id="deleteConnection",
+        summary="Delete at Nango, then mark deleted here (idempotent)",
+        answers={200: ConnectionAnswer},
+        errors=(400, 403, 404, 409, 502, 503),
+        query=WriteSelector,
+    )
+    async def delete(self, request: Request) -> JSONResponse:
+        await require_api_key(request, write=True)
+        selector = parse_query(WriteSelector, request.query_params)
+        connection = await _addressed_here(request, selector.integration_id)
+        with nango_errors():
+            try:
+                await app_state(request).nango.delete_connection(
+                    connection.connection_id, connection.integration_id
+                )
+            except NangoRejected as error:
+                if error.code != "unknown_connection":
+                    raise
+                # Nango no longer has it: deleted already, the outcome the caller asked for.
+        deleted = await _mark_deleted(request, connection)
+        log.info("connection_deleted", integration_id=deleted.integration_id)
+        return JSONResponse({"data": connection_json(deleted)})
 
 
-@lookup("get_connection")
-async def get_connection(request: Request) -> JSONResponse:
-    selector = parse_selector(request.query_params)
-    async with app_state(request).database.reader() as tx:
-        connection = await _addressed_connection(tx, request, selector)
-    return JSONResponse({"data": connection_to_json(connection)})
-
-
-@lookup("connection_events")
-async def connection_events(request: Request) -> JSONResponse:
-    selector = parse_selector(request.query_params, paginated=True)
-    page_query = parse_page(request.query_params)
-    settings = app_state(request).settings
-    async with app_state(request).database.reader() as tx:
-        connection = await _addressed_connection(tx, request, selector)
-        scope = {"connection": connection.id}
-        after_id = None
-        if page_query.cursor is not None:
-            after_id = cursors.decode_cursor(
-                settings, route="events", cursor=page_query.cursor, scope=scope
-            )
-        page = await queries.find_history(
-            tx, connection_pk=connection.id, limit=page_query.limit, after_id=after_id
+async def _addressed_here(request: Request, integration_id: str | None) -> Connection:
+    """The connection an action names, in the environment ``NANGO_SECRET_KEY`` belongs to."""
+    state = app_state(request)
+    async with state.database.reader() as tx:
+        return await _addressed(
+            tx,
+            request,
+            Selector(integration_id=integration_id, environment=state.settings.nango_environment),
         )
-    next_cursor = None
-    if page.next_after_id is not None:
+
+
+async def _mark_deleted(request: Request, connection: Connection) -> Connection:
+    async with app_state(request).database.transaction() as tx:
+        locked, created = await store.lock_connection(
+            tx,
+            store.new_connection_values(
+                environment=connection.environment,
+                integration_id=connection.integration_id,
+                connection_id=connection.connection_id,
+                status=ConnectionStatus.DELETED,
+            ),
+        )
+        if created or locked.status != ConnectionStatus.DELETED:
+            await store.change_status(
+                tx, locked, ConnectionStatus.DELETED, source="api", action="deletion", success=True
+            )
+    return locked
+
+
+class ConnectionHistory(HTTPEndpoint):
+    @operation(
+        id="listConnectionEvents",
+        summary="A connection's history (deliveries and state changes), newest first",
+        answers={200: HistoryPage},
+        errors=(400, 404, 409, 503),
+        query=HistoryQuery,
+    )
+    async def get(self, request: Request) -> JSONResponse:
+        _HISTORY.inc()
+        await require_api_key(request)
+        query = parse_query(HistoryQuery, request.query_params)
+        settings = app_state(request).settings
+        async with app_state(request).database.reader() as tx:
+            connection = await _addressed(tx, request, query)
+            scope = {"connection": connection.id}
+            after_id = cursors.decode_cursor(
+                settings, route="events", cursor=query.cursor, scope=scope
+            )
+            page = await queries.find_history(
+                tx, connection_pk=connection.id, limit=query.limit, after_id=after_id
+            )
         next_cursor = cursors.encode_cursor(
             settings, route="events", after_id=page.next_after_id, scope=scope
         )
-    return JSONResponse(
-        {
-            "data": [event_to_json(entry) for entry in page.items],
-            "next_cursor": next_cursor,
-        }
+        return JSONResponse(
+            {"data": [history_json(entry) for entry in page.items], "next_cursor": next_cursor}
+        )
+
+
+def reconnect_tags(connection: Connection) -> dict[str, str]:
+    """The stored tags that Nango accepts, with the owner filled in: Nango may clear them."""
+    tags = {
+        key: value
+        for key, value in connection.tags.items()
+        if check_tag_key(key) is None and 1 <= len(value) <= 255
+    }
+    for name in ATTRIBUTION_FIELDS:
+        value = getattr(connection, name)
+        if value and name not in tags:
+            tags[name] = value
+    # Nango takes at most ten; the owner's keys are kept first.
+    ordered = sorted(tags.items(), key=lambda item: item[0] not in ATTRIBUTION_FIELDS)
+    return dict(ordered[:MAX_TAGS])
+
+
+class ReconnectSession(HTTPEndpoint):
+    @operation(
+        id="createReconnectSession",
+        summary="A reconnect session for a stored connection, its tags sent again",
+        answers={201: ConnectSession},
+        errors=(400, 403, 404, 409, 502, 503),
+        query=WriteSelector,
+        body=ReconnectRequest,
+        body_required=False,
     )
+    async def post(self, request: Request) -> JSONResponse:
+        await require_api_key(request, write=True)
+        selector = parse_query(WriteSelector, request.query_params)
+        payload = await parse_body(ReconnectRequest, request, optional=True)
+        if (
+            selector.integration_id
+            and payload.integration_id
+            and selector.integration_id != payload.integration_id
+        ):
+            raise BadRequest("integration_id differs between the query and the body")
+        connection = await _addressed_here(
+            request, payload.integration_id or selector.integration_id
+        )
+        session = await _reconnect(request, connection)
+        return JSONResponse(session, status_code=201)
 
 
-@lookup("end_user_summary")
-async def end_user_summary(request: Request) -> JSONResponse:
-    environment = parse_summary_query(request.query_params)
-    end_user_id = request.path_params["end_user_id"]
-    summaries: list[queries.IntegrationSummary] = []
-    if storable(end_user_id):
-        async with app_state(request).database.reader() as tx:
-            summaries = await queries.end_user_summary(
-                tx, end_user_id=end_user_id, environment=environment
-            )
-    return JSONResponse(
-        {
-            "data": {
-                "end_user_id": end_user_id,
-                "integrations": [
-                    {
-                        "integration_id": item.integration_id,
-                        "environment": item.environment,
-                        "connected": item.connected,
-                        "needs_reauthorization": item.needs_reauthorization,
-                        "connection_count": item.connection_count,
-                        "connection": connection_to_json(item.connection),
-                    }
-                    for item in summaries
-                ],
-            }
-        }
-    )
+async def _reconnect(request: Request, connection: Connection) -> dict[str, Any]:
+    if connection.status == ConnectionStatus.DELETED:
+        raise Conflict("the connection is deleted: start a new Connect session", code="deleted")
+    tags = reconnect_tags(connection)
+    if not tags:
+        # The new session would carry no owner: better to say so than to re-authorize a
+        # connection nobody here can attribute.
+        raise Conflict(
+            "the connection has no owner or tags to send again; import or reconcile it first",
+            code="unattributed",
+        )
+    body = {
+        "connection_id": connection.connection_id,
+        "integration_id": connection.integration_id,
+        "tags": tags,
+    }
+    with nango_errors():
+        try:
+            return await app_state(request).nango.create_reconnect_session(body)
+        except NangoRejected as error:
+            if error.code != "unknown_connection":
+                raise
+            # Stored here but gone at Nango (a deletion whose webhook was lost): not a gateway
+            # failure, and not something a retry fixes.
+            raise NotFound(
+                "Nango no longer has this connection; `reconcile` marks it deleted",
+                code="unknown_at_nango",
+            ) from None
 
 
-ROUTES = [
-    Route("/v1/connections", list_connections, methods=["GET"]),
-    # Legacy connection IDs were chosen by customers and may contain "/", hence ":path"; the
-    # app mounts catch-all paths last, so ".../events" reaches its own route.
-    Route("/v1/connections/{connection_id:path}/events", connection_events, methods=["GET"]),
-    Route("/v1/connections/{connection_id:path}", get_connection, methods=["GET"]),
-    Route("/v1/end-users/{end_user_id}/summary", end_user_summary, methods=["GET"]),
+routes = [
+    Route("/v1/connections", Connections),
+    Route("/v1/connections/{connection_id:segment}", ConnectionItem),
+    Route("/v1/connections/{connection_id:segment}/events", ConnectionHistory),
+    Route("/v1/connections/{connection_id:segment}/reconnect-session", ReconnectSession),
 ]

@@ -34,12 +34,20 @@ def fingerprint(scope: Any) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
 
-def encode_cursor(settings: Settings, *, route: str, after_id: int, scope: Any) -> str:
+def encode_cursor(
+    settings: Settings, *, route: str, after_id: int | None, scope: Any
+) -> str | None:
+    """The cursor of the next page (None on the last page, when there is nothing after)."""
+    if after_id is None:
+        return None
     return str(_serializer(settings, route).dumps({"a": after_id, "f": fingerprint(scope)}))
 
 
-def decode_cursor(settings: Settings, *, route: str, cursor: str, scope: Any) -> int:
-    """The id a cursor continues after; 400 ``invalid_cursor`` for anything not issued here."""
+def decode_cursor(settings: Settings, *, route: str, cursor: str | None, scope: Any) -> int | None:
+    """The id a cursor continues after (None for the first page); 400 ``invalid_cursor`` for
+    anything not issued here."""
+    if cursor is None:
+        return None
     try:
         payload = _serializer(settings, route).loads(cursor)
     except BadData:

@@ -1,541 +1,268 @@
-"""``GET /openapi.json``: the service's OpenAPI 3.1 description, kept as data.
+"""``GET /openapi.json``: the OpenAPI 3.1 document, generated from the routes and their shapes.
 
-Each module documents its own routes beside this file's, so the document lists what is mounted::
-
-    from app.api import openapi
-
-    openapi.add_operation("/v1/reconcile", "post", {
-        "operationId": "reconcile",
-        "summary": "...",
-        "security": openapi.BEARER,
-        "responses": {
-            "202": openapi.json_response("Started", {"$ref": "#/components/schemas/X"}),
-            **openapi.error_responses(401, 403, 503),
-        },
-    })
-    openapi.add_schema("X", {...})
-
-``tests/api/test_openapi.py`` fails when a mounted route is not described, and runs schemathesis
-against every described operation, so a response off its schema fails the suite.
+Each handler declares its operation beside itself with ``@operation(...)``: its answers, errors,
+query and body, all pydantic models from ``app.api.shapes``. The document is assembled from the
+mounted routes, so it lists exactly what is served; only what a model cannot say (the
+``tag[KEY]`` deep-object parameter, the webhook's signature headers) is written by hand, next
+to its route, as ``parameters``. ``tests/api/test_openapi.py`` fails when a mounted route has no
+operation, and runs schemathesis against every operation.
 """
 
 from __future__ import annotations
 
-import copy
-from typing import Any
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
+from pydantic import BaseModel
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
+from starlette.endpoints import HTTPEndpoint
 from starlette.requests import Request
+from starlette.routing import BaseRoute, Route
 
-from app.api.schemas import DEFAULT_LIMIT, MAX_LIMIT, MAX_VALUE_LENGTH, STATUSES
+from app.api.shapes import ErrorAnswer
 from app.responses import JSONResponse
 
 JSON = "application/json"
 BEARER: list[dict[str, list[str]]] = [{"bearerAuth": []}]
+METHODS = ("get", "post", "put", "patch", "delete")
 
-_ERRORS = {
-    400: ("BadRequest", "Invalid input; `error.details.parameter` names the query parameter"),
-    401: ("Unauthorized", "Missing or wrong credentials"),
-    403: ("Forbidden", "The API key is read-only"),
-    404: ("NotFound", "Not found"),
-    409: ("Conflict", "Conflict, e.g. an ambiguous legacy connection ID"),
-    413: ("PayloadTooLarge", "The body is too large"),
-    502: ("UpstreamError", "Nango answered with an error"),
-    503: ("ServiceUnavailable", "The database (or a required setting) is unavailable"),
+ERRORS = {
+    400: "Invalid input; `error.details` names the parameter or lists the problems",
+    401: "Missing or wrong credentials",
+    403: "The API key is read-only",
+    404: "Not found",
+    405: "Method not allowed",
+    409: "Conflict, e.g. an ambiguous legacy connection ID",
+    413: "The body is too large",
+    502: "Nango answered with an error",
+    503: "The database (or a required setting) is unavailable; retry after `Retry-After`",
 }
 
-
-def _nullable(kind: str, **extra: Any) -> dict[str, Any]:
-    return {"type": [kind, "null"], **extra}
+F = TypeVar("F", bound=Callable[..., Any])
 
 
-_TIME = {"type": "string", "format": "date-time"}
-_NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
+@dataclass(frozen=True)
+class Operation:
+    """What ``/openapi.json`` says of one handler."""
 
-SCHEMAS: dict[str, dict[str, Any]] = {
-    "Error": {
-        "type": "object",
-        "required": ["error"],
-        "additionalProperties": False,
-        "properties": {
-            "error": {
-                "type": "object",
-                "required": ["code", "message"],
-                "additionalProperties": False,
-                "properties": {
-                    "code": {"type": "string", "examples": ["invalid_parameter"]},
-                    "message": {"type": "string"},
-                    "details": {"type": "object"},
+    id: str
+    summary: str
+    answers: dict[int, type[BaseModel] | None]
+    errors: tuple[int, ...] = ()
+    query: type[BaseModel] | None = None
+    body: type[BaseModel] | None = None
+    body_required: bool = True
+    auth: bool = True
+    # Parameters no model can express (a deep object, headers), as OpenAPI parameter objects.
+    parameters: tuple[dict[str, Any], ...] = ()
+    media_type: str = JSON
+    description: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def operation(**spec: Any) -> Callable[[F], F]:
+    """Declare a handler's operation: ``@operation(id=..., summary=..., answers={200: M})``."""
+
+    def attach(handler: F) -> F:
+        handler.__operation__ = Operation(**spec)  # type: ignore[attr-defined]
+        return handler
+
+    return attach
+
+
+def handlers(routes: Iterable[BaseRoute]) -> Iterable[tuple[Route, str, Callable[..., Any]]]:
+    """Every (route, method, handler) mounted and meant for the document."""
+    for route in routes:
+        if not isinstance(route, Route) or not route.include_in_schema:
+            continue
+        endpoint = route.endpoint
+        if isinstance(endpoint, type) and issubclass(endpoint, HTTPEndpoint):
+            for method in METHODS:
+                if hasattr(endpoint, method):
+                    yield route, method, getattr(endpoint, method)
+        else:
+            for method in route.methods or ():
+                if method != "HEAD":
+                    yield route, method.lower(), endpoint
+
+
+def _operations(routes: Iterable[BaseRoute]) -> Iterable[tuple[Route, str, Operation]]:
+    for route, method, handler in handlers(routes):
+        spec = getattr(handler, "__operation__", None)
+        if spec is not None:
+            yield route, method, spec
+
+
+def undocumented(routes: Iterable[BaseRoute]) -> list[str]:
+    """Mounted handlers without an ``@operation`` (a test keeps this empty)."""
+    return [
+        f"{method.upper()} {route.path}"
+        for route, method, handler in handlers(routes)
+        if not hasattr(handler, "__operation__")
+    ]
+
+
+def _template(path: str) -> str:
+    """Starlette's ``{name:convertor}`` is OpenAPI's ``{name}``."""
+    return re.sub(r"{(\w+)(:\w+)?}", r"{\1}", path)
+
+
+def _without_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """A query parameter is absent rather than null: drop the null branch pydantic adds."""
+    branches = schema.get("anyOf")
+    if branches:
+        kept = [branch for branch in branches if branch != {"type": "null"}]
+        if len(kept) == 1:
+            rest = {k: v for k, v in schema.items() if k != "anyOf"}
+            return {**kept[0], **rest}
+    return schema
+
+
+def _query_parameters(model: type[BaseModel], refs: dict[str, Any]) -> list[dict[str, Any]]:
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    parameters = []
+    for name, field_info in model.model_fields.items():
+        property_schema = _without_null(dict(schema["properties"][name]))
+        description = property_schema.pop("description", None)
+        property_schema.pop("title", None)
+        if property_schema.get("default", ...) is None:
+            del property_schema["default"]
+        parameter: dict[str, Any] = {
+            "name": name,
+            "in": "query",
+            "required": field_info.is_required(),
+            "schema": property_schema,
+        }
+        if description:
+            parameter["description"] = description
+        if property_schema.get("type") == "array":
+            parameter.update(style="form", explode=False)
+        parameters.append(parameter)
+    refs.update(schema.get("$defs", {}))
+    return parameters
+
+
+def _path_parameters(route: Route) -> list[dict[str, Any]]:
+    return [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
+        for name in route.param_convertors
+    ]
+
+
+def _content(media_type: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"content": {media_type: {"schema": schema}}}
+
+
+Refs = Mapping[tuple[Any, JsonSchemaMode], dict[str, Any]]
+
+
+def document(routes: Iterable[BaseRoute]) -> dict[str, Any]:
+    operations = list(_operations(routes))
+    models: set[tuple[type[BaseModel], JsonSchemaMode]] = {(ErrorAnswer, "serialization")}
+    for _, _, spec in operations:
+        models |= {(m, "serialization") for m in spec.answers.values() if m is not None}
+        if spec.body is not None:
+            models.add((spec.body, "validation"))
+    refs, schemas = models_json_schema(
+        sorted(models, key=lambda item: (item[0].__name__, item[1])),  # a stable document
+        ref_template="#/components/schemas/{model}",
+    )
+    components: dict[str, Any] = dict(schemas.get("$defs", {}))
+    paths: dict[str, dict[str, Any]] = {}
+    for route, method, spec in operations:
+        paths.setdefault(_template(route.path), {})[method] = _operation(
+            route, spec, refs, components
+        )
+    error = _content(JSON, refs[(ErrorAnswer, "serialization")])
+    return _by_title(
+        {
+            "openapi": "3.1.0",
+            "info": {
+                "title": "nango-registry",
+                "version": "1",
+                "description": "Nango connections, stored against your users and organizations.",
+            },
+            "paths": paths,
+            "components": {
+                "schemas": components,
+                "responses": {
+                    f"E{status}": {"description": text, **error} for status, text in ERRORS.items()
                 },
-            }
-        },
-    },
-    "Connection": {
-        "type": "object",
-        "additionalProperties": False,
-        "required": [
-            "connection_id",
-            "integration_id",
-            "provider",
-            "environment",
-            "auth_mode",
-            "end_user",
-            "organization",
-            "tags",
-            "status",
-            "error",
-            "last_sync",
-            "created_at",
-            "updated_at",
-            "deleted_at",
-        ],
-        "properties": {
-            "connection_id": {"type": "string"},
-            "integration_id": {"type": "string", "description": "Nango's providerConfigKey"},
-            "provider": _nullable("string"),
-            "environment": {"type": "string"},
-            "auth_mode": _nullable("string"),
-            "end_user": {
-                "type": "object",
-                "additionalProperties": False,
-                "required": ["id", "email", "display_name"],
-                "properties": {
-                    "id": _nullable("string"),
-                    "email": _nullable("string"),
-                    "display_name": _nullable("string"),
+                "securitySchemes": {
+                    "bearerAuth": {
+                        "type": "http",
+                        "scheme": "bearer",
+                        "description": "REGISTRY_API_KEYS or a key from `nango-registry api-keys`",
+                    }
                 },
             },
-            "organization": {
-                "type": "object",
-                "additionalProperties": False,
-                "required": ["id", "display_name"],
-                "properties": {"id": _nullable("string"), "display_name": _nullable("string")},
-            },
-            "tags": {"type": "object", "additionalProperties": {"type": "string"}},
-            "status": {"type": "string", "enum": list(STATUSES)},
-            "error": {
-                "oneOf": [
-                    {"type": "null"},
-                    {
-                        "type": "object",
-                        "additionalProperties": False,
-                        "required": ["type", "description", "since"],
-                        "properties": {
-                            "type": _nullable("string"),
-                            "description": _nullable("string"),
-                            "since": _NULLABLE_TIME,
-                        },
-                    },
-                ]
-            },
-            "last_sync": {
-                "oneOf": [
-                    {"type": "null"},
-                    {
-                        "type": "object",
-                        "additionalProperties": False,
-                        "required": ["name", "model", "success", "at", "error"],
-                        "properties": {
-                            "name": _nullable("string"),
-                            "model": _nullable("string"),
-                            "success": _nullable("boolean"),
-                            "at": _NULLABLE_TIME,
-                            "error": _nullable("string"),
-                        },
-                    },
-                ]
-            },
-            "created_at": _TIME,
-            "updated_at": _TIME,
-            "deleted_at": _NULLABLE_TIME,
-        },
-    },
-    "ConnectionList": {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["data", "next_cursor"],
-        "properties": {
-            "data": {"type": "array", "items": {"$ref": "#/components/schemas/Connection"}},
-            "next_cursor": _nullable("string", description="Pass as `cursor` for the next page"),
-        },
-    },
-    "ConnectionResponse": {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["data"],
-        "properties": {"data": {"$ref": "#/components/schemas/Connection"}},
-    },
-    "ConnectionEvent": {
-        "type": "object",
-        "additionalProperties": False,
-        "required": [
-            "id",
-            "source",
-            "action",
-            "success",
-            "from_status",
-            "to_status",
-            "detail",
-            "delivery",
-            "created_at",
-        ],
-        "properties": {
-            "id": {"type": "integer"},
-            "source": {"type": "string", "examples": ["webhook", "reconcile", "api"]},
-            "action": {"type": "string", "examples": ["creation", "refresh", "deletion"]},
-            "success": _nullable("boolean"),
-            "from_status": _nullable("string"),
-            "to_status": _nullable("string"),
-            "detail": {"type": "object"},
-            "delivery": {
-                "oneOf": [
-                    {"type": "null"},
-                    {
-                        "type": "object",
-                        "additionalProperties": False,
-                        "required": [
-                            "id",
-                            "received_at",
-                            "webhook_type",
-                            "operation",
-                            "success",
-                            "outcome",
-                        ],
-                        "properties": {
-                            "id": {"type": "integer"},
-                            "received_at": _TIME,
-                            "webhook_type": _nullable("string"),
-                            "operation": _nullable("string"),
-                            "success": _nullable("boolean"),
-                            "outcome": {"type": "string"},
-                        },
-                    },
-                ]
-            },
-            "created_at": _TIME,
-        },
-    },
-    "ConnectionEventList": {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["data", "next_cursor"],
-        "properties": {
-            "data": {"type": "array", "items": {"$ref": "#/components/schemas/ConnectionEvent"}},
-            "next_cursor": _nullable("string"),
-        },
-    },
-    "EndUserSummary": {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["data"],
-        "properties": {
-            "data": {
-                "type": "object",
-                "additionalProperties": False,
-                "required": ["end_user_id", "integrations"],
-                "properties": {
-                    "end_user_id": {"type": "string"},
-                    "integrations": {
-                        "type": "array",
-                        "items": {
-                            "type": "object",
-                            "additionalProperties": False,
-                            "required": [
-                                "integration_id",
-                                "environment",
-                                "connected",
-                                "needs_reauthorization",
-                                "connection_count",
-                                "connection",
-                            ],
-                            "properties": {
-                                "integration_id": {"type": "string"},
-                                "environment": {"type": "string"},
-                                "connected": {
-                                    "type": "boolean",
-                                    "description": "an active connection exists",
-                                },
-                                "needs_reauthorization": {
-                                    "type": "boolean",
-                                    "description": "no active connection; the newest is broken",
-                                },
-                                "connection_count": {"type": "integer", "minimum": 1},
-                                "connection": {"$ref": "#/components/schemas/Connection"},
-                            },
-                        },
-                    },
-                },
-            }
-        },
-    },
-    "Health": {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["status"],
-        "properties": {"status": {"type": "string", "const": "ok"}},
-    },
-    "Readiness": {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["status"],
-        "properties": {
-            "status": {"type": "string", "enum": ["ok", "unavailable"]},
-            "schema_revision": {"type": "string"},
-            "reason": {"type": "string"},
-        },
-    },
-}
+        }
+    )
 
 
-def json_response(description: str, schema: dict[str, Any]) -> dict[str, Any]:
-    return {"description": description, "content": {JSON: {"schema": schema}}}
+def _operation(
+    route: Route, spec: Operation, refs: Refs, components: dict[str, Any]
+) -> dict[str, Any]:
+    item: dict[str, Any] = {"operationId": spec.id, "summary": spec.summary}
+    if spec.description:
+        item["description"] = spec.description
+    if spec.auth:
+        item["security"] = BEARER
+    parameters = _path_parameters(route)
+    if spec.query is not None:
+        parameters += _query_parameters(spec.query, components)
+    parameters += list(spec.parameters)
+    if parameters:
+        item["parameters"] = parameters
+    if spec.body is not None:
+        item["requestBody"] = {
+            "required": spec.body_required,
+            **_content(JSON, refs[(spec.body, "validation")]),
+        }
+    responses: dict[str, Any] = {}
+    for status, model in spec.answers.items():
+        if model is not None:
+            schema = refs[(model, "serialization")]
+        else:
+            schema = {"type": "object"} if spec.media_type == JSON else {"type": "string"}
+        responses[str(status)] = {"description": "Answer", **_content(spec.media_type, schema)}
+    for status in sorted(set(spec.errors) | ({401} if spec.auth else set())):
+        responses[str(status)] = {"$ref": f"#/components/responses/E{status}"}
+    item["responses"] = responses
+    item.update(spec.extra)
+    return item
 
 
-def error_responses(*status_codes: int) -> dict[str, Any]:
-    """``{"401": {"$ref": ...}, ...}`` for the shared error responses."""
-    return {
-        str(code): {"$ref": f"#/components/responses/{_ERRORS[code][0]}"} for code in status_codes
+def _by_title(document: dict[str, Any]) -> dict[str, Any]:
+    """Name each component by its model's title (``ConnectionPublic`` is ``Connection``)."""
+    schemas = document["components"]["schemas"]
+    renamed = {
+        name: schema["title"]
+        for name, schema in schemas.items()
+        if schema.get("title") not in (None, name) and schema["title"] not in schemas
     }
+    if not renamed:
+        return document
+    text = json.dumps(document)
+    for old, new in renamed.items():
+        text = text.replace(f'"#/components/schemas/{old}"', f'"#/components/schemas/{new}"')
+    document = json.loads(text)
+    schemas = document["components"]["schemas"]
+    for old, new in renamed.items():
+        schemas[new] = schemas.pop(old)
+    return document
 
 
-def ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _query(name: str, description: str, schema: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    return {"name": name, "in": "query", "description": description, "schema": schema, **extra}
-
-
-def _path(name: str, description: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "in": "path",
-        "required": True,
-        "description": description,
-        "schema": {"type": "string", "minLength": 1},
-    }
-
-
-# Postgres text cannot hold NUL, so no stored value has one; a NUL in a filter is a 400.
-_NO_NUL = "^[^\\x00]*$"
-
-
-_TEXT = {"type": "string", "minLength": 1, "maxLength": MAX_VALUE_LENGTH, "pattern": _NO_NUL}
-_LIMIT = _query(
-    "limit",
-    f"page size, 1 to {MAX_LIMIT}",
-    {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
-)
-_CURSOR = _query(
-    "cursor", "`next_cursor` of the previous page (opaque, signed)", {"type": "string"}
-)
-_SELECTORS = [
-    _query("integration_id", "choose among connections sharing a legacy ID", _TEXT),
-    _query("environment", "choose among connections sharing a legacy ID", _TEXT),
-]
-
-PATHS: dict[str, dict[str, Any]] = {
-    "/healthz": {
-        "get": {
-            "operationId": "healthz",
-            "summary": "The process is up",
-            "responses": {"200": json_response("Up", ref("Health"))},
-        }
-    },
-    "/readyz": {
-        "get": {
-            "operationId": "readyz",
-            "summary": "The database answers and its schema is current",
-            "responses": {
-                "200": json_response("Ready", ref("Readiness")),
-                "503": json_response("Not ready", ref("Readiness")),
-            },
-        }
-    },
-    "/openapi.json": {
-        "get": {
-            "operationId": "openapi",
-            "summary": "This document",
-            "responses": {"200": json_response("OpenAPI 3.1", {"type": "object"})},
-        }
-    },
-    "/webhooks/nango": {
-        "post": {
-            "operationId": "receiveNangoWebhook",
-            "summary": "Nango's webhooks, verified over the raw body and stored before the answer",
-            "parameters": [
-                {
-                    "name": "X-Nango-Hmac-Sha256",
-                    "in": "header",
-                    "required": False,
-                    "description": "hex HMAC-SHA256 of the raw body with a webhook signing key",
-                    "schema": {"type": "string"},
-                },
-                {
-                    "name": "X-Nango-Signature",
-                    "in": "header",
-                    "required": False,
-                    "description": "legacy sha256(key + body); only with "
-                    "NANGO_ACCEPT_LEGACY_SIGNATURE",
-                    "schema": {"type": "string"},
-                },
-            ],
-            "requestBody": {
-                "required": True,
-                "content": {JSON: {"schema": {"type": "object"}}},
-            },
-            "responses": {
-                "200": json_response(
-                    "Stored (`status` is the outcome: applied, recorded, duplicate, ...)",
-                    {
-                        "type": "object",
-                        "required": ["status", "delivery_id"],
-                        "properties": {
-                            "status": {"type": "string"},
-                            "delivery_id": {"type": ["integer", "null"]},
-                        },
-                    },
-                ),
-                **error_responses(400, 401, 413, 503),
-            },
-        }
-    },
-    "/metrics": {
-        "get": {
-            "operationId": "metrics",
-            "summary": "Prometheus metrics (404 when METRICS_ENABLED=false)",
-            "security": BEARER,
-            "responses": {
-                "200": {
-                    "description": "Prometheus text exposition format",
-                    "content": {"text/plain": {"schema": {"type": "string"}}},
-                },
-                **error_responses(401, 404),
-            },
-        }
-    },
-    "/v1/connections": {
-        "get": {
-            "operationId": "listConnections",
-            "summary": "Connections, newest first; every filter given must match",
-            "security": BEARER,
-            "parameters": [
-                _query("end_user_id", "owner's user ID", _TEXT),
-                _query("organization_id", "owner's organization ID", _TEXT),
-                _query("integration_id", "Nango integration (providerConfigKey)", _TEXT),
-                _query("environment", "Nango environment, e.g. prod", _TEXT),
-                _query(
-                    "status",
-                    "comma-separated; default active,auth_error (deleted left out)",
-                    {"type": "array", "items": {"type": "string", "enum": list(STATUSES)}},
-                    style="form",
-                    explode=False,
-                ),
-                _query(
-                    "tag",
-                    "tag[KEY]=VALUE; several must all match",
-                    {
-                        "type": "object",
-                        "propertyNames": {"pattern": "^[a-z][a-z0-9_\\-./]{0,63}$"},
-                        "additionalProperties": _TEXT,
-                    },
-                    style="deepObject",
-                    explode=True,
-                ),
-                _query(
-                    "attributed",
-                    "false: connections with neither an end user nor an organization",
-                    {"type": "boolean"},
-                ),
-                _LIMIT,
-                _CURSOR,
-            ],
-            "responses": {
-                "200": json_response("A page of connections", ref("ConnectionList")),
-                **error_responses(400, 401, 503),
-            },
-        }
-    },
-    "/v1/connections/{connection_id}": {
-        "get": {
-            "operationId": "getConnection",
-            "summary": "One connection, deleted ones included",
-            "security": BEARER,
-            "parameters": [_path("connection_id", "Nango connection ID"), *_SELECTORS],
-            "responses": {
-                "200": json_response("The connection", ref("ConnectionResponse")),
-                **error_responses(400, 401, 404, 409, 503),
-            },
-        }
-    },
-    "/v1/connections/{connection_id}/events": {
-        "get": {
-            "operationId": "listConnectionEvents",
-            "summary": "A connection's delivery and state history, newest first",
-            "security": BEARER,
-            "parameters": [
-                _path("connection_id", "Nango connection ID"),
-                *_SELECTORS,
-                _LIMIT,
-                _CURSOR,
-            ],
-            "responses": {
-                "200": json_response("A page of events", ref("ConnectionEventList")),
-                **error_responses(400, 401, 404, 409, 503),
-            },
-        }
-    },
-    "/v1/end-users/{end_user_id}/summary": {
-        "get": {
-            "operationId": "endUserSummary",
-            "summary": "Per integration: connected? which connection? needs re-authorization?",
-            "security": BEARER,
-            "parameters": [
-                _path("end_user_id", "your user ID (the end_user_id tag)"),
-                _query("environment", "only this Nango environment", _TEXT),
-            ],
-            "responses": {
-                "200": json_response("The summary", ref("EndUserSummary")),
-                **error_responses(400, 401, 404, 503),
-            },
-        }
-    },
-}
-
-
-def add_operation(path: str, method: str, operation: dict[str, Any]) -> None:
-    """Describe one route; a path may carry several methods from several modules."""
-    PATHS.setdefault(path, {})[method.lower()] = operation
-
-
-def add_schema(name: str, schema: dict[str, Any]) -> None:
-    SCHEMAS[name] = schema
-
-
-def document() -> dict[str, Any]:
-    return {
-        "openapi": "3.1.0",
-        "info": {
-            "title": "nango-registry",
-            "version": "1",
-            "description": "Nango connections, stored against your users and organizations.",
-        },
-        "paths": copy.deepcopy(PATHS),
-        "components": {
-            "schemas": copy.deepcopy(SCHEMAS),
-            "responses": {
-                name: json_response(description, ref("Error"))
-                for name, description in _ERRORS.values()
-            },
-            "securitySchemes": {
-                "bearerAuth": {
-                    "type": "http",
-                    "scheme": "bearer",
-                    "description": "REGISTRY_API_KEYS or a key from `nango-registry api-keys`",
-                }
-            },
-        },
-    }
-
-
+@operation(id="openapi", summary="This document", answers={200: None}, auth=False)
 async def openapi_json(request: Request) -> JSONResponse:
-    return JSONResponse(document())
+    # Built from the app's own routes, once: always what is mounted.
+    cached: dict[str, Any] | None = getattr(request.app.state, "openapi", None)
+    if cached is None:
+        cached = request.app.state.openapi = document(request.app.routes)
+    return JSONResponse(cached)
+
+
+routes = [Route("/openapi.json", openapi_json, methods=["GET"])]

@@ -1,7 +1,7 @@
 """``nango-registry api-keys create|list|revoke``: API keys kept in the database.
 
 A new key is printed once, on stdout, and only its SHA-256 is stored; ``list`` never shows a
-hash. A revocation takes effect on every running instance within seconds (``app.api.auth``).
+hash. A revocation takes effect on every running instance within seconds (``app.api.keys``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import re
 import sys
 from typing import Any
 
-from app.api.auth import StoredKey, create_api_key, list_api_keys, revoke_api_key
+from app.api.keys import StoredKey, create_api_key, list_api_keys, revoke_api_key
 from app.db.database import connected
 from app.logs import configure_logging, get_logger
 from app.settings import Settings, load_settings

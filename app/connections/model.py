@@ -8,6 +8,7 @@ object.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime
@@ -16,7 +17,10 @@ from typing import Any
 
 MAX_TAG_KEY = 64
 MAX_TAG_VALUE = 255
+MAX_TAGS = 10  # Nango's limit per connection
 MAX_TEXT = 255
+# Nango's rule for tag keys (POST /connect/sessions); Nango stores and reports them lowercased.
+TAG_KEY = re.compile(r"^[a-zA-Z][a-zA-Z0-9_\-./]*$")
 
 
 class ConnectionStatus(StrEnum):
@@ -65,6 +69,16 @@ class Connection:
 CONNECTION_FIELDS = tuple(item.name for item in fields(Connection))
 # The column list every SELECT of a whole connection uses, in the record's order.
 COLUMNS = ", ".join(CONNECTION_FIELDS)
+
+
+def check_tag_key(key: str) -> str | None:
+    """Why ``key`` is not a tag key Nango accepts, or None."""
+    if not TAG_KEY.match(key) or len(key) > MAX_TAG_KEY:
+        return (
+            f"must start with a letter, use only letters, digits and _-./, and be at most"
+            f" {MAX_TAG_KEY} characters"
+        )
+    return None
 
 
 def clean_text(value: object, *, limit: int = MAX_TEXT) -> str | None:

@@ -138,7 +138,7 @@ def _by_connection_id(integration: bool, environment: bool) -> Statement:
     )
 
 
-async def get_connection(
+async def load_connection(
     tx: Transaction,
     *,
     connection_id: str,

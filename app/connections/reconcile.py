@@ -1,25 +1,25 @@
 """Reconciliation: make the registry agree with Nango's connections API.
 
-Webhooks get lost (FACTS.md section 3), deletions are opt-in and never sent for bulk deletes, and
-connections older than this service were never announced. A run pages through every connection
-Nango has, creates the missing ones (attributed from their tags or end user), updates statuses
-from ``errors`` and merges attribution; only after a complete listing does it mark as deleted the
-local connections Nango no longer has.
+Webhooks get lost (docs/nango.md section 3), deletions are opt-in and never sent for bulk
+deletes, and connections older than this service were never announced. A run pages through every
+connection Nango has, creates the missing ones (attributed from their tags or end user), updates
+statuses from ``errors`` and merges attribution; only after a complete listing does it mark as
+deleted the local connections Nango no longer has.
 
 Only an ``auth`` entry in a listed connection's ``errors`` means its credentials are broken; a
-``sync`` entry (a failing sync) leaves the status alone (FACTS.md Correction 2). The listing
+``sync`` entry (a failing sync) leaves the status alone (docs/nango.md, Correction 2). The listing
 names no error type beyond the word ``auth``, so a descriptive type stored from a webhook (say
 ``refresh_token_external_error``) is kept, and ``auth`` is stored only where none is known.
 
 Safe while webhooks arrive: pages are applied in short transactions (no lock is held while Nango
 is asked for the next page), a row changed after the listing started may be newer than what the
-listing says and keeps its status, and a tombstone written after the listing started
-is never revived. Nango pages by offset, so a deletion at Nango during the listing can shift a
-connection past a page boundary: every deletion candidate is confirmed with the listing's exact
+listing says and keeps its status, and a tombstone written after the listing started is never
+revived. Nango pages by offset, so a deletion at Nango during the listing can shift a connection
+past a page boundary: every deletion candidate is confirmed with the listing's exact
 ``connectionId`` filter before it is marked deleted (never ``search``: Nango's ``ILIKE`` makes a
 short legacy ID match hundreds of newer ones, and the one sought can fall off the page).
 
-Nango rate-limits its API (FACTS.md Correction 5). A run leaves a share of the limit to the
+Nango rate-limits its API (docs/nango.md, Correction 5). A run leaves a share of the limit to the
 service's other calls (it waits for the next window when the last answer said little is left),
 and its calls wait out 429s for up to ``CALL_PATIENCE_SECONDS``, so a large account finishes
 instead of failing halfway.

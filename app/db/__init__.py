@@ -1,1 +1,1 @@
-"""Database: the async engine, the tables, and the Alembic runner."""
+"""Database: the data layer (statements on the drivers), the schema, and the Alembic runner."""

@@ -7,10 +7,10 @@ tenacity's:
 
 - a network error, a timeout or a 5xx answer is retried ``NANGO_MAX_RETRIES`` times, with
   exponential backoff and full jitter;
-- a 429 (Nango's rate limit, FACTS.md Correction 5) is retried after waiting as ``Retry-After``
-  says (plus a margin, since Nango rounds it down; at most ``rate_limit_max_wait_seconds``), for
-  as long as the call stays within ``rate_limit_deadline_seconds`` in all; ``patient()`` gives
-  background work a longer deadline;
+- a 429 (Nango's rate limit, docs/nango.md, Correction 5) is retried after waiting as
+  ``Retry-After`` says (plus a margin, since Nango rounds it down; at most
+  ``rate_limit_max_wait_seconds``), for as long as the call stays within
+  ``rate_limit_deadline_seconds`` in all; ``patient()`` gives background work a longer deadline;
 - any other 4xx is final: Nango has decided, asking again changes nothing.
 
 Every answer's ``X-RateLimit-*`` headers are kept (``rate_limit``), so background work can pace

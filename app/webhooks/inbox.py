@@ -23,13 +23,13 @@ from functools import partial
 from typing import Any
 
 from app.connections.model import clean_text
-from app.connections.state import apply_delivery, expected_outcome
 from app.db.database import Database, Transaction, sql
 from app.db.types import utcnow
 from app.errors import is_database_unavailable
 from app.logs import get_logger
 from app.webhooks.model import DeliveryOutcome
 from app.webhooks.payloads import Envelope
+from app.webhooks.rules import apply_delivery, expected_outcome
 
 log = get_logger(__name__)
 

@@ -1,6 +1,6 @@
 """Reading webhook bodies: the facts the inbox stores and the state machine applies.
 
-Body shapes: ../shared/nango/FACTS.md section 4. New ``type`` values appear without notice, and
+Body shapes: docs/nango.md section 4. New ``type`` values appear without notice, and
 an unattributed forward is the provider's raw payload with no ``type`` at all: both are stored
 and acknowledged, never refused.
 """
@@ -38,9 +38,6 @@ def parse_body(body: bytes) -> Any:
         raise InvalidBody(type(error).__name__) from None
 
 
-KNOWN_TYPES = frozenset({"auth", "sync", "forward", "async_action"})
-
-
 @dataclass(frozen=True, slots=True)
 class Envelope:
     """What every delivery is indexed by in the inbox."""
@@ -53,9 +50,11 @@ class Envelope:
     connection_id: str | None
 
 
-def read_envelope(payload: Any) -> Envelope:
+def read_envelope(payload: Any, *, environment: str | None = None) -> Envelope:
+    """The facts of a body; ``environment`` stands in when the body names none (only auth
+    bodies carry one: see ``app.webhooks.signature.environment_of``)."""
     if not isinstance(payload, Mapping):
-        return Envelope("unknown", None, None, None, None, None)
+        return Envelope("unknown", None, None, environment, None, None)
     raw_type = payload.get("type")
     # No type at all: an unattributed forward, the provider's own payload, signed but unwrapped.
     webhook_type = "forward" if raw_type is None else clean_text(raw_type, limit=64) or "unknown"
@@ -64,7 +63,7 @@ def read_envelope(payload: Any) -> Envelope:
         webhook_type=webhook_type,
         operation=clean_text(payload.get("operation"), limit=64),
         success=success if isinstance(success, bool) else None,
-        environment=clean_text(payload.get("environment")),
+        environment=clean_text(payload.get("environment")) or environment,
         integration_id=clean_text(payload.get("providerConfigKey")),
         connection_id=clean_text(payload.get("connectionId")),
     )
@@ -74,7 +73,3 @@ def body_environment(payload: Any) -> str | None:
     if isinstance(payload, Mapping):
         return clean_text(payload.get("environment"))
     return None
-
-
-def dumps_compact(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False)

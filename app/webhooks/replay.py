@@ -11,17 +11,17 @@ from __future__ import annotations
 
 from collections import Counter
 
-from app.connections.state import apply_delivery
 from app.db.database import Database, Transaction, sql
 from app.webhooks.inbox import IngestResult, apply_or_fail, mark_processed
 from app.webhooks.model import DeliveryOutcome
 from app.webhooks.payloads import InvalidBody, parse_body, read_envelope
+from app.webhooks.rules import apply_delivery
 
 NEXT_FAILED = sql(
     "SELECT id FROM deliveries WHERE id > :after AND outcome = 'failed' ORDER BY id LIMIT :limit"
 )
 NEXT_ANY = sql("SELECT id FROM deliveries WHERE id > :after ORDER BY id LIMIT :limit")
-LOCK_BODY = sql("SELECT body FROM deliveries WHERE id = :id", lock=True)
+LOCK_BODY = sql("SELECT body, environment FROM deliveries WHERE id = :id", lock=True)
 DELETE_HISTORY = sql("DELETE FROM connection_events WHERE delivery_id = :id")
 
 
@@ -67,7 +67,8 @@ async def replay_one(
             tx,
             delivery_id=delivery_id,
             payload=payload,
-            envelope=read_envelope(payload),
+            # The environment stored with it: its body's, or its signing key's.
+            envelope=read_envelope(payload, environment=row[1]),
             default_environment=default_environment,
         )
         await mark_processed(tx, delivery_id=delivery_id, outcome=outcome)

@@ -59,3 +59,28 @@ def _hmac_sha256(key: bytes, body: bytes) -> bytes:
 
 def _legacy_sha256(key: bytes, body: bytes) -> bytes:
     return hashlib.sha256(key + body).hexdigest().encode("ascii")
+
+
+class WrongEnvironment(Exception):
+    """The body names an environment its signing key is not bound to."""
+
+
+def environment_of(
+    keys: Iterable[SigningKey], signed_with: SigningKey, named: str | None
+) -> str | None:
+    """The environment a verified delivery belongs to, or WrongEnvironment.
+
+    Only auth bodies name an ``environment`` (docs/nango.md, Corrections 1). A body that names none
+    belongs to its key's environment; one that names another than its key's is refused. The
+    same secret may be listed for several environments (``prod=K,dev=K``): every entry holding
+    it signed the body, and one of them must allow what it names; naming none, it belongs to
+    the key's only environment, or to none known when the key serves several.
+    """
+    bound = {entry.environment for entry in keys if entry.key == signed_with.key}
+    if None in bound:
+        return named
+    if named is None:
+        return next(iter(bound)) if len(bound) == 1 else None
+    if named in bound:
+        return named
+    raise WrongEnvironment(named)

@@ -8,14 +8,14 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine, insert, text
+from sqlmodel import SQLModel
 from starlette.testclient import TestClient
 
-from app.api.auth import hash_key
-from app.db.tables import ApiKeyTable
+from app.api.keys import hash_key
 from tests.fakes.nango import FakeNango
 from tests.rows import connection_row, insert_connection
 
-API_KEYS: Any = ApiKeyTable.__table__
+API_KEYS = SQLModel.metadata.tables["api_keys"]
 
 
 # Connect sessions ---------------------------------------------------------------------------
@@ -378,8 +378,12 @@ def test_delete_legacy_id_with_a_slash(
 ) -> None:
     fake_nango.add_connection(connection_id="team/42", integration_id="github")
     insert_connection(sync_engine, connection_id="team/42")
-    response = api.delete("/v1/connections/team/42?integration_id=github", headers=auth_headers)
+    # A "/" inside an ID is sent as %2F; a raw "/" separates path segments.
+    raw = api.delete("/v1/connections/team/42?integration_id=github", headers=auth_headers)
+    assert raw.status_code == 404
+    response = api.delete("/v1/connections/team%2F42?integration_id=github", headers=auth_headers)
     assert response.status_code == 200, response.text
+    assert response.json()["data"]["connection_id"] == "team/42"
     assert fake_nango.connections == []
 
 

@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from app.api.auth import REFRESH_SECONDS, hash_key, require_api_key
+from app.api.keys import REFRESH_SECONDS, hash_key, require_api_key
 from app.application import create_app
 from app.db.tables import ApiKeyTable
 from app.settings import Settings

@@ -194,7 +194,9 @@ def test_pagination_with_inserts_in_between_neither_repeats_nor_skips(
     assert len(seen) == 23
     listed_pks = sorted(existing, reverse=True)
     with sync_engine.connect() as conn:
-        ids = dict(conn.execute(text("SELECT id, connection_id FROM connections")).all())
+        ids: dict[int, str] = dict(
+            conn.execute(text("SELECT id, connection_id FROM connections")).all()
+        )
     assert seen == [ids[pk] for pk in listed_pks]
 
 

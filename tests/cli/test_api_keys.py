@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import Engine, text
 from starlette.testclient import TestClient
 
-from app.api.auth import REFRESH_SECONDS
+from app.api.keys import REFRESH_SECONDS
 from app.cli import main
 
 
@@ -69,7 +69,7 @@ def test_create_list_revoke(
     code, out, _ = run(capsys, "api-keys", "revoke", "billing")
     assert code == 0
     assert "revoked" in out
-    # Every instance drops a revoked key within REFRESH_SECONDS (app.api.auth).
+    # Every instance drops a revoked key within REFRESH_SECONDS (app.api.keys).
     deadline = time.monotonic() + REFRESH_SECONDS + 1
     while client.get("/v1/connections", headers={"Authorization": f"Bearer {key}"}).is_success:
         assert time.monotonic() < deadline, "the revoked key still works"

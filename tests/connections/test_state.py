@@ -34,7 +34,7 @@ def history(engine: Engine) -> list[tuple[str, str | None, str | None]]:
         rows = conn.execute(
             text("SELECT action, from_status, to_status FROM connection_events ORDER BY id")
         )
-        return [tuple(row) for row in rows]  # type: ignore[misc]
+        return [tuple(row) for row in rows]
 
 
 def test_creation_attributes_from_tags(client: TestClient, sync_engine: Engine) -> None:
@@ -57,7 +57,9 @@ def test_creation_attributes_from_tags(client: TestClient, sync_engine: Engine) 
     assert (row.organization_id, row.organization_display_name) == ("o1", "Org One")
     assert (row.provider, row.auth_mode, row.environment) == ("github", "OAUTH2", "prod")
     with sync_engine.connect() as conn:
-        indexed = dict(conn.execute(text("SELECT key, value FROM connection_tags")).all())
+        indexed: dict[str, str] = dict(
+            conn.execute(text("SELECT key, value FROM connection_tags")).all()
+        )
     assert indexed == tags
     assert history(sync_engine) == [("creation", None, "active")]
 
@@ -203,7 +205,9 @@ def test_attribution_is_merged_never_erased(client: TestClient, sync_engine: Eng
     row = only(sync_engine)
     assert (row.end_user_id, row.organization_id) == ("u1", "o1")
     with sync_engine.connect() as conn:
-        indexed = dict(conn.execute(text("SELECT key, value FROM connection_tags")).all())
+        indexed: dict[str, str] = dict(
+            conn.execute(text("SELECT key, value FROM connection_tags")).all()
+        )
     assert indexed == {"end_user_id": "u1", "organization_id": "o1", "a": "1", "b": "2"}
 
 

@@ -9,7 +9,14 @@ from sqlalchemy import Engine, text
 from starlette.testclient import TestClient
 
 from app.application import create_app
+from app.db.database import PostgresDatabase
 from app.state import AppState
+
+
+def _postgres(client: TestClient) -> PostgresDatabase:
+    database = _registry_state(client).database
+    assert isinstance(database, PostgresDatabase)
+    return database
 
 
 def _registry_state(client: TestClient) -> AppState:
@@ -23,7 +30,7 @@ def test_pool_is_sized_from_settings(make_settings: Any, sync_engine: Engine) ->
         pytest.skip("SQLite has no connection pool to size")
     settings = make_settings(database_pool_size=3, database_max_overflow=1)
     with TestClient(create_app(settings)) as client:
-        pool: Any = _registry_state(client).database.pool
+        pool: Any = _postgres(client).pool
         assert (pool.min_size, pool.max_size) == (3, 4)
         assert client.get("/readyz").status_code == 200
 
@@ -36,7 +43,7 @@ def test_killed_connections_are_replaced_without_a_restart(
     # Fill the pool with a few idle connections, as a running service has.
     for _ in range(3):
         assert client.get("/readyz").status_code == 200
-    pool: Any = _registry_state(client).database.pool
+    pool: Any = _postgres(client).pool
     idle = pool.get_stats()["pool_available"]
     assert idle >= 1
 

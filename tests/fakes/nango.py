@@ -1,6 +1,6 @@
 """An in-process fake of Nango's API: the oracle of the test suite.
 
-Written from ``/work/shared/nango/FACTS.md`` (sections 5 and 6 and its Corrections) and checked
+Written from ``docs/nango.md`` (sections 5 and 6 and its Corrections) and checked
 against Nango's server (NangoHQ/nango at 2f4c0af, v0.71.4); each route names the controller it
 imitates. Input is validated as strictly as Nango does (``tests/fakes/nango_rules.py``), answers
 have Nango's shapes, status codes and error codes, and the rate limit can be switched on
@@ -476,7 +476,7 @@ class FakeNango:
             return refused
         if connection is None:
             return _error(404, "not_found", "Failed to find connection")
-        # Fetching with credentials may refresh them at Nango (FACTS.md, Correction 8).
+        # Fetching with credentials may refresh them at Nango (docs/nango.md, Correction 8).
         connection.last_fetched_at = datetime.now(UTC)
         return JSONResponse(connection.full())
 

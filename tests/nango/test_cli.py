@@ -9,16 +9,16 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine, select
+from sqlmodel import SQLModel
 
 from app.cli import main
 from app.cli.nango_commands import reconcile_command
-from app.db.tables import ReconcileRunTable
 from app.settings import Settings
 from tests.conftest import TEST_API_KEY
 from tests.fakes.nango import FakeNango
 from tests.rows import all_connections, connection_row, events, insert_connection
 
-RUNS: Any = ReconcileRunTable.__table__
+RUNS = SQLModel.metadata.tables["reconcile_runs"]
 
 
 @pytest.fixture

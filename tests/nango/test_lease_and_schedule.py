@@ -11,11 +11,11 @@ import httpx2
 import pytest
 from pydantic import SecretStr
 from sqlalchemy import Engine, select
+from sqlmodel import SQLModel
 
 from app.connections.reconcile import run_schedule
 from app.db.database import Database
 from app.db.leases import acquire_lease, release_lease
-from app.db.tables import ReconcileRunTable
 from app.db.types import utcnow
 from app.nango.client import NangoClient
 from tests.fakes.nango import DEFAULT_SECRET, FakeNango
@@ -23,7 +23,7 @@ from tests.fakes.nango import DEFAULT_SECRET, FakeNango
 pytestmark = pytest.mark.anyio
 
 TTL = timedelta(seconds=30)
-RUNS: Any = ReconcileRunTable.__table__
+RUNS = SQLModel.metadata.tables["reconcile_runs"]
 
 
 async def take(database: Database, holder: str, **kwargs: Any) -> bool:

@@ -8,17 +8,17 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import Engine, insert, select, update
+from sqlmodel import SQLModel
 from starlette.testclient import TestClient
 
-from app.db.tables import LeaseTable, ReconcileRunTable
 from tests.fakes.nango import FakeNango
 from tests.nango.clients import reconcile_over_http as reconcile
 from tests.rows import CONNECTIONS, all_connections, connection_row, events, insert_connection
 
 pytestmark = pytest.mark.usefixtures("small_pages")
 
-RUNS: Any = ReconcileRunTable.__table__
-LEASES: Any = LeaseTable.__table__
+RUNS = SQLModel.metadata.tables["reconcile_runs"]
+LEASES = SQLModel.metadata.tables["leases"]
 
 
 def metric(trigger: str, status: str) -> float:

@@ -8,12 +8,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import Engine, select
+from sqlmodel import SQLModel
 from starlette.testclient import TestClient
 
 from app.connections.reconcile import reconcile
 from app.db.database import Database
-from app.db.tables import ReconcileRunTable
-from tests.fakes.nango import FakeNango
+from tests.fakes.nango import ErrorType, FakeNango
 from tests.nango.clients import client_for
 from tests.nango.clients import reconcile_over_http as run_reconcile
 from tests.rows import all_connections, connection_row, events, insert_connection
@@ -24,8 +24,8 @@ HOUR_AGO = datetime.now(UTC) - timedelta(hours=1)
 def test_sync_errors_leave_the_status_alone_and_auth_keeps_the_stored_type(
     api: TestClient, auth_headers: dict[str, str], fake_nango: FakeNango, sync_engine: Engine
 ) -> None:
-    def both(connection_id: str, errors: list[str], **stored: object) -> None:
-        fake_nango.add_connection(connection_id=connection_id, errors=errors)  # type: ignore[arg-type]
+    def both(connection_id: str, errors: list[ErrorType], **stored: object) -> None:
+        fake_nango.add_connection(connection_id=connection_id, errors=errors)
         insert_connection(sync_engine, connection_id=connection_id, updated_at=HOUR_AGO, **stored)
 
     described = {
@@ -123,7 +123,7 @@ async def test_reconcile_finishes_through_a_burst_of_429s(
     assert fake.limiter.refusals == 8
     assert connection_row(sync_engine, "gone").status == "deleted"
     with sync_engine.connect() as conn:
-        run = conn.execute(select(ReconcileRunTable.__table__)).one()  # type: ignore[attr-defined]
+        run = conn.execute(select(SQLModel.metadata.tables["reconcile_runs"])).one()
     assert run.status == "succeeded"
 
 

@@ -1,4 +1,4 @@
-"""Nango's connections API (../shared/nango/FACTS.md section 6) on a loopback port.
+"""Nango's connections API (docs/nango.md section 6) on a loopback port.
 
 The service under test runs in another process, so the fake Nango must be reachable over a real
 socket. It holds every connection the load created, as Nango would after the webhooks were sent,

@@ -1,4 +1,4 @@
-"""A webhook sender that behaves like Nango's (../shared/nango/FACTS.md section 3).
+"""A webhook sender that behaves like Nango's (docs/nango.md section 3).
 
 Timeout 20 s; success is any 2xx; up to 2 retries, after about 3 s and 6 s, only for network
 errors and statuses >= 500; a 4xx is final. Every attempt is recorded with its timing, so a test

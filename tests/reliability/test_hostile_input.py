@@ -46,12 +46,12 @@ def fuzz_client(database_url: str) -> Iterator[TestClient]:
     app_settings = Settings(
         database_url=database_url,
         secret_key=TEST_SECRET,
-        nango_webhook_signing_keys=TEST_SIGNING_KEY,  # type: ignore[arg-type]
-        registry_api_keys=TEST_API_KEY,  # type: ignore[arg-type]
-        nango_secret_key=TEST_NANGO_SECRET,  # type: ignore[arg-type]
+        nango_webhook_signing_keys=TEST_SIGNING_KEY,
+        registry_api_keys=TEST_API_KEY,
+        nango_secret_key=TEST_NANGO_SECRET,
         nango_host="http://nango.test",
         webhook_max_body_bytes=MAX_BODY,
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
     )
     with TestClient(create_app(app_settings), raise_server_exceptions=True) as client:
         yield client

@@ -1,4 +1,4 @@
-"""The connection rules of ``app.connections.state``, transcribed as a model for expectations.
+"""The connection rules of ``app.webhooks.rules``, transcribed as a model for expectations.
 
 Tests derive what the database must hold from this model and the events they send, so no test
 hard-codes the outcome of one particular order.
@@ -49,7 +49,7 @@ class State:
 
 
 def final_state(events: Iterable[Event]) -> State:
-    """The rules of ``app.connections.state``, applied to distinct events in arrival order."""
+    """The rules of ``app.webhooks.rules``, applied to distinct events in arrival order."""
     status: str | None = None
     error_type: str | None = None
     attributed = False

@@ -3,7 +3,7 @@
 Concurrent requests run as tasks on one event loop through ``httpx2.ASGITransport``: each holds
 its own session and pooled connection, so their transactions really overlap on the database
 (checked by counting open transactions, not assumed). Expected states come from ``final_state``,
-the rules of ``app.connections.state`` transcribed in ``tests.webhooks.rules``, never from
+the rules of ``app.webhooks.rules`` transcribed in ``tests.webhooks.rules``, never from
 per-order constants.
 """
 

@@ -22,6 +22,7 @@ from tests.webhooks.helpers import (
     VECTORS_FILE,
     auth_body,
     legacy_sign,
+    nango_json,
     sign,
     signed_headers,
 )
@@ -54,7 +55,7 @@ def test_facts_signature_vectors() -> None:
     key = SigningKey(b"secret")
     hmac_hex = b"b82fcb791acec57859b989b430a826488ce2e479fdf92326bd0a2e8375a42ba4"
     legacy_hex = b"22439a879b090cd05e5b51c5b5d7e4a205830e6ab4f54b90f5a822b7c7110934"
-    common = {"body": b"payload", "keys": [key]}
+    common: dict[str, Any] = {"body": b"payload", "keys": [key]}
     assert verify_signature(hmac_header=hmac_hex, legacy_header=None, accept_legacy=False, **common)
     assert verify_signature(
         hmac_header=None, legacy_header=legacy_hex, accept_legacy=True, **common
@@ -217,6 +218,35 @@ def test_bound_key_must_match_the_body_environment(make_settings: Any, sync_engi
     assert count(sync_engine, "deliveries") == 2
 
 
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"type": "sync", "connectionId": "c1", "providerConfigKey": "github", "success": True,
+         "syncName": "contacts", "model": "Contact", "syncType": "INCREMENTAL"},
+        {"type": "forward", "from": "github", "connectionId": "c1", "providerConfigKey": "github",
+         "payload": {"action": "opened"}},
+        {"type": "async_action", "from": "nango", "connectionId": "c1",
+         "providerConfigKey": "github", "payload": {"id": "a1", "statusUrl": "/action/a1"}},
+        {"action": "opened", "repository": {"id": 1}},  # an unattributed forward, unwrapped
+    ],
+    ids=["sync", "forward", "async_action", "raw-forward"],
+)  # fmt: skip
+def test_a_bound_key_accepts_bodies_that_name_no_environment(
+    make_settings: Any, sync_engine: Engine, payload: dict[str, Any]
+) -> None:
+    """Only auth bodies carry `environment` (Nango's packages/webhooks/lib/auth.ts): the others
+    belong to their key's environment. Refusing them (a 4xx, never retried) would also trip
+    Nango's circuit breaker and drop every webhook, auth included, for a minute."""
+    settings = make_settings(nango_webhook_signing_keys=f"prod={TEST_SIGNING_KEY},dev=dev-key")
+    body = nango_json(payload)
+    with TestClient(create_app(settings)) as client:
+        assert post(client, body).status_code == 200
+        other = nango_json({**payload, "marker": 1})
+        dev = post(client, other, {"X-Nango-Hmac-Sha256": sign(other, "dev-key")})
+        assert dev.status_code == 200
+    assert [row["environment"] for row in deliveries(sync_engine)] == ["prod", "dev"]
+
+
 def test_one_key_bound_to_two_environments_serves_both(
     make_settings: Any, sync_engine: Engine
 ) -> None:
@@ -280,8 +310,8 @@ def test_chunked_body_over_the_limit_is_413_while_reading(
 async def test_the_limit_stops_the_read_instead_of_buffering_the_body() -> None:
     from starlette.requests import Request
 
+    from app.bodies import read_limited
     from app.errors import PayloadTooLarge
-    from app.webhooks.routes import read_limited
 
     delivered = 0
 

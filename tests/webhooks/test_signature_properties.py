@@ -160,14 +160,14 @@ def test_any_changed_byte_in_the_signature_is_rejected(
     )
     kind, argument = change
     mutated = bytearray(signature)
-    if kind == "replace":
+    if isinstance(argument, bytes):
+        mutated[position:position] = argument  # "extend"
+    elif kind == "replace":
         mutated[position] = argument
     elif kind == "flip":
         mutated[position] ^= 1 << argument
-    elif kind == "cut":
-        del mutated[position]
     else:
-        mutated[position:position] = argument
+        del mutated[position]  # "cut"
     assume(not same_value(bytes(mutated), signature))
     result = verify_signature(
         body=body,

@@ -1,4 +1,4 @@
-"""``POST /webhooks/nango``.
+"""``POST /webhooks/nango``: verify, store, apply, and only then answer.
 
 Status codes are chosen for the sender: Nango retries only network errors and 5xx, and treats
 every 4xx (429 included) as final. So a delivery this service could store later gets 503, one
@@ -7,14 +7,18 @@ that can never be accepted gets a 4xx, and 429 and 410 are never used.
 
 from __future__ import annotations
 
-from starlette.requests import ClientDisconnect, Request
+from typing import Any
+
+from starlette.requests import Request
 from starlette.routing import Route
 
+from app.api.openapi import operation
+from app.api.shapes import WebhookAnswer
+from app.bodies import read_limited
 from app.errors import (
     DRIVER_ERRORS,
     RETRY_AFTER_SECONDS,
     BadRequest,
-    PayloadTooLarge,
     ServiceUnavailable,
     Unauthorized,
 )
@@ -22,40 +26,52 @@ from app.logs import get_logger
 from app.metrics import DATABASE_ERRORS, SIGNATURE_FAILURES, WEBHOOK_DELIVERIES
 from app.middleware import log_fields
 from app.responses import JSONResponse
+from app.settings import Settings
 from app.state import app_state
-from app.webhooks.inbox import ingest, kept_headers
-from app.webhooks.payloads import InvalidBody, body_environment, parse_body, read_envelope
-from app.webhooks.signature import verify_signature
+from app.webhooks.inbox import IngestResult, ingest, kept_headers
+from app.webhooks.payloads import (
+    Envelope,
+    InvalidBody,
+    body_environment,
+    parse_body,
+    read_envelope,
+)
+from app.webhooks.signature import WrongEnvironment, environment_of, verify_signature
 
 log = get_logger(__name__)
 
-# Whatever keeps a delivery from being committed; see receive_webhook.
+# Whatever keeps a delivery from being committed; see _store.
 STORAGE_ERRORS: tuple[type[Exception], ...] = (*DRIVER_ERRORS, OSError, TimeoutError)
 
-
-async def read_limited(request: Request, limit: int) -> bytes:
-    """Read the body, refusing it as soon as it is larger than ``limit``.
-
-    Content-Length is checked first when given, and the count is enforced while reading, so a
-    missing or lying Content-Length (or a chunked body) cannot make the process buffer more.
-    """
-    declared = request.headers.get("content-length")
-    # isascii() too: str.isdigit() accepts digits int() refuses ("²", decoded from latin-1).
-    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"webhook body is larger than {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"webhook body is larger than {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+SIGNATURE_HEADERS = (
+    {
+        "name": "X-Nango-Hmac-Sha256",
+        "in": "header",
+        "required": False,
+        "description": "hex HMAC-SHA256 of the raw body with a webhook signing key",
+        "schema": {"type": "string"},
+    },
+    {
+        "name": "X-Nango-Signature",
+        "in": "header",
+        "required": False,
+        "description": "legacy sha256(key + body); only with NANGO_ACCEPT_LEGACY_SIGNATURE",
+        "schema": {"type": "string"},
+    },
+)
 
 
+@operation(
+    id="receiveNangoWebhook",
+    summary="Nango's webhooks, verified over the raw body and stored before the answer",
+    answers={200: WebhookAnswer},
+    errors=(400, 401, 413, 503),
+    auth=False,
+    parameters=SIGNATURE_HEADERS,
+    extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {}}}}},
+)
 async def receive_webhook(request: Request) -> JSONResponse:
-    state = app_state(request)
-    settings = state.settings
+    settings = app_state(request).settings
     if not settings.signing_keys:
         log.error("webhook_refused", reason="NANGO_WEBHOOK_SIGNING_KEYS is not set")
         raise ServiceUnavailable(
@@ -63,11 +79,26 @@ async def receive_webhook(request: Request) -> JSONResponse:
             code="not_configured",
             headers={"Retry-After": "60"},
         )
-    try:
-        body = await read_limited(request, settings.webhook_max_body_bytes)
-    except ClientDisconnect:
-        raise BadRequest("the client disconnected before sending the whole body") from None
+    body = await read_limited(request, settings.webhook_max_body_bytes)
+    payload, envelope = _verify(request, settings, body)
+    result = await _store(request, settings, body, payload, envelope)
+    WEBHOOK_DELIVERIES.labels(type=envelope.webhook_type, outcome=result.outcome).inc()
+    # The request's access line says what came in and what became of it (app.middleware).
+    log_fields(request.scope).update(
+        type=envelope.webhook_type,
+        operation=envelope.operation,
+        success=envelope.success,
+        environment=envelope.environment,
+        integration_id=envelope.integration_id,
+        connection_id=envelope.connection_id,
+        outcome=result.outcome,
+        delivery_id=result.delivery_id,
+    )
+    return JSONResponse({"status": result.outcome, "delivery_id": result.delivery_id})
 
+
+def _verify(request: Request, settings: Settings, body: bytes) -> tuple[Any, Envelope]:
+    """The signature over the raw bytes, then the JSON, then the key's environment."""
     raw_headers = dict(request.headers.raw)
     key = verify_signature(
         body=body,
@@ -80,32 +111,29 @@ async def receive_webhook(request: Request) -> JSONResponse:
         SIGNATURE_FAILURES.labels(reason="mismatch").inc()
         log.warning("webhook_rejected", reason="signature")
         raise Unauthorized("the webhook signature does not verify", code="invalid_signature")
-
     try:
         payload = parse_body(body)
     except InvalidBody as error:
         WEBHOOK_DELIVERIES.labels(type="invalid", outcome="rejected").inc()
         log.warning("webhook_rejected", reason="not_json", error=str(error))
         raise BadRequest("the webhook body is not UTF-8 JSON", code="invalid_body") from None
-
-    environment = body_environment(payload)
-    # Every entry holding the same secret signed this body; one of them must allow its
-    # environment (the same key may be listed for two environments, e.g. "prod=K,dev=K").
-    if not any(
-        entry.environment in (None, environment)
-        for entry in settings.signing_keys
-        if entry.key == key.key
-    ):
+    try:
+        environment = environment_of(settings.signing_keys, key, body_environment(payload))
+    except WrongEnvironment:
         SIGNATURE_FAILURES.labels(reason="environment").inc()
         log.warning("webhook_rejected", reason="environment", bound_to=key.environment)
         raise Unauthorized(
             "the signing key is bound to another environment", code="invalid_signature"
-        )
+        ) from None
+    return payload, read_envelope(payload, environment=environment)
 
-    envelope = read_envelope(payload)
+
+async def _store(
+    request: Request, settings: Settings, body: bytes, payload: Any, envelope: Envelope
+) -> IngestResult:
     try:
-        result = await ingest(
-            state.database,
+        return await ingest(
+            app_state(request).database,
             body=body,
             payload=payload,
             envelope=envelope,
@@ -124,24 +152,10 @@ async def receive_webhook(request: Request) -> JSONResponse:
             headers={"Retry-After": RETRY_AFTER_SECONDS},
         ) from None
 
-    WEBHOOK_DELIVERIES.labels(type=envelope.webhook_type, outcome=result.outcome).inc()
-    # The request's access line says what came in and what became of it (app.middleware).
-    log_fields(request.scope).update(
-        type=envelope.webhook_type,
-        operation=envelope.operation,
-        success=envelope.success,
-        environment=envelope.environment,
-        integration_id=envelope.integration_id,
-        connection_id=envelope.connection_id,
-        outcome=result.outcome,
-        delivery_id=result.delivery_id,
-    )
-    return JSONResponse({"status": result.outcome, "delivery_id": result.delivery_id})
 
-
-ROUTES = [
+routes = [
     Route("/webhooks/nango", receive_webhook, methods=["POST"]),
     # The same handler without a redirect: Nango follows 3xx, but a redirect costs a round trip
     # and some routers turn POST into GET on the way.
-    Route("/webhooks/nango/", receive_webhook, methods=["POST"]),
+    Route("/webhooks/nango/", receive_webhook, methods=["POST"], include_in_schema=False),
 ]

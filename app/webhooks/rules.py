@@ -1,4 +1,4 @@
-"""Where a connection's state changes in response to a webhook.
+"""How a webhook changes a connection: the rules, applied to a stored delivery.
 
 Rules (Nango sends no timestamps and no ordering, so they must hold in any order and twice):
 
@@ -17,12 +17,15 @@ Rules (Nango sends no timestamps and no ordering, so they must hold in any order
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from app.connections import store
 from app.connections.model import (
     COLUMNS,
     Attribution,
+    Connection,
     ConnectionStatus,
     clean_text,
 )
@@ -104,6 +107,74 @@ async def apply_delivery(
     return DeliveryOutcome.RECORDED
 
 
+@dataclass(frozen=True)
+class AuthEvent:
+    """What one auth delivery says about its connection, read once."""
+
+    delivery_id: int
+    operation: str
+    success: bool | None
+    target: ConnectionStatus
+    environment: str
+    integration_id: str
+    connection_id: str
+    provider: str | None
+    auth_mode: str | None
+    error_type: str | None
+    error_description: str | None
+    attribution: Attribution
+    now: datetime = field(default_factory=utcnow)
+
+    def new_values(self) -> dict[str, Any]:
+        return store.new_connection_values(
+            environment=self.environment,
+            integration_id=self.integration_id,
+            connection_id=self.connection_id,
+            provider=self.provider,
+            auth_mode=self.auth_mode,
+            status=self.target,
+            attribution=self.attribution,
+            error_type=self.error_type,
+            error_description=self.error_description,
+            now=self.now,
+        )
+
+    def detail(self, ignored: str | None = None) -> dict[str, Any]:
+        detail: dict[str, Any] = {"operation": self.operation}
+        if self.error_type:
+            detail["error_type"] = self.error_type
+        if ignored:
+            detail["ignored"] = ignored
+        return detail
+
+
+def read_auth_event(
+    payload: Mapping[str, Any], envelope: Envelope, *, delivery_id: int, default_environment: str
+) -> AuthEvent | None:
+    """The event, or None when it changes no connection (a failed creation, say)."""
+    operation = envelope.operation or ""
+    target = _target(operation, envelope.success)
+    if target is None or not envelope.connection_id or not envelope.integration_id:
+        return None
+    error_type, error_description = _error(payload)
+    return AuthEvent(
+        delivery_id=delivery_id,
+        operation=operation,
+        success=envelope.success,
+        target=target,
+        environment=envelope.environment or default_environment,
+        integration_id=envelope.integration_id,
+        connection_id=envelope.connection_id,
+        provider=clean_text(payload.get("provider")),
+        auth_mode=clean_text(payload.get("authMode"), limit=64),
+        error_type=error_type,
+        error_description=error_description,
+        attribution=Attribution.from_nango(
+            tags=payload.get("tags"), end_user=payload.get("endUser")
+        ),
+    )
+
+
 async def apply_auth_event(
     tx: Transaction,
     *,
@@ -112,89 +183,75 @@ async def apply_auth_event(
     envelope: Envelope,
     default_environment: str,
 ) -> DeliveryOutcome:
-    operation = envelope.operation or ""
-    target = _target(operation, envelope.success)
-    if target is None or not envelope.connection_id or not envelope.integration_id:
-        return DeliveryOutcome.RECORDED
-
-    now = utcnow()
-    error_type, error_description = _error(payload)
-    provider = clean_text(payload.get("provider"))
-    auth_mode = clean_text(payload.get("authMode"), limit=64)
-    attribution = Attribution.from_nango(tags=payload.get("tags"), end_user=payload.get("endUser"))
-    connection, created = await store.lock_connection(
-        tx,
-        store.new_connection_values(
-            environment=envelope.environment or default_environment,
-            integration_id=envelope.integration_id,
-            connection_id=envelope.connection_id,
-            provider=provider,
-            auth_mode=auth_mode,
-            status=target,
-            attribution=attribution,
-            error_type=error_type,
-            error_description=error_description,
-            now=now,
-        ),
+    event = read_auth_event(
+        payload, envelope, delivery_id=delivery_id, default_environment=default_environment
     )
-    detail: dict[str, Any] = {"operation": operation}
-    if error_type:
-        detail["error_type"] = error_type
-
-    def history(from_status: str | None, to_status: str) -> dict[str, Any]:
-        return store.history_row(
-            connection,
-            source=SOURCE,
-            action=operation,
-            success=envelope.success,
-            from_status=from_status,
-            to_status=to_status,
-            delivery_id=delivery_id,
-            detail=detail,
-            now=now,
-        )
-
+    if event is None:
+        return DeliveryOutcome.RECORDED
+    connection, created = await store.lock_connection(tx, event.new_values())
     if created:
         # Inserted with its owner, tags, status and error: nothing left to write but history.
-        await store.record_history(tx, [history(None, target)])
-        return DeliveryOutcome.APPLIED
+        await store.record_history(tx, [_history(event, connection, None, event.target)])
+    else:
+        await _apply_to_known(tx, event, connection)
+    return DeliveryOutcome.APPLIED
 
-    changed, tags_changed = store.merge_owner(connection, attribution)
-    if (provider and provider != connection.provider) or (
-        auth_mode and auth_mode != connection.auth_mode
-    ):
-        connection.provider = provider or connection.provider
-        connection.auth_mode = auth_mode or connection.auth_mode
-        changed = True
+
+def _history(
+    event: AuthEvent,
+    connection: Connection,
+    from_status: str | None,
+    to_status: str,
+    ignored: str | None = None,
+) -> dict[str, Any]:
+    return store.history_row(
+        connection,
+        source=SOURCE,
+        action=event.operation,
+        success=event.success,
+        from_status=from_status,
+        to_status=to_status,
+        delivery_id=event.delivery_id,
+        detail=event.detail(ignored),
+        now=event.now,
+    )
+
+
+async def _apply_to_known(tx: Transaction, event: AuthEvent, connection: Connection) -> None:
+    changed, tags_changed = store.merge_owner(connection, event.attribution)
+    for name in ("provider", "auth_mode"):
+        value = getattr(event, name)
+        if value and value != getattr(connection, name):
+            setattr(connection, name, value)
+            changed = True
     if tags_changed:
         await store.reindex_tags(tx, connection)
+    ignored = None
     if connection.status == ConnectionStatus.DELETED:
-        detail["ignored"] = "the connection is deleted"
-    elif operation == "creation":
+        ignored = "the connection is deleted"
+    elif event.operation == "creation":
         # A creation for a known connection is late or repeated; what came after it stands.
-        detail["ignored"] = "the connection already exists"
-
-    if "ignored" in detail:
-        if changed:
-            connection.updated_at = now
-            await store.save(tx, connection)
-        await store.record_history(tx, [history(connection.status, connection.status)])
-        return DeliveryOutcome.APPLIED
-
-    await store.change_status(
-        tx,
-        connection,
-        target,
-        source=SOURCE,
-        action=operation,
-        success=envelope.success,
-        error_type=error_type,
-        error_description=error_description,
-        delivery_id=delivery_id,
-        detail=detail,
-        now=now,
-    )
-    return DeliveryOutcome.APPLIED
+        ignored = "the connection already exists"
+    if ignored is None:
+        await store.change_status(
+            tx,
+            connection,
+            event.target,
+            source=SOURCE,
+            action=event.operation,
+            success=event.success,
+            error_type=event.error_type,
+            error_description=event.error_description,
+            delivery_id=event.delivery_id,
+            detail=event.detail(),
+            now=event.now,
+        )
+        return
+    if changed:
+        connection.updated_at = event.now
+        await store.save(tx, connection)
+    status = connection.status
+    await store.record_history(tx, [_history(event, connection, status, status, ignored)])
 
 
 async def record_sync_result(

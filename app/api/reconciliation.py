@@ -1,0 +1,46 @@
+"""``POST /v1/reconcile``: bring the registry in line with Nango's connections API now."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.routing import Route
+
+from app.api.inputs import parse_query
+from app.api.keys import require_api_key
+from app.api.openapi import operation
+from app.api.shapes import NoQuery, ReconcileAnswer
+from app.api.upstream import nango_errors
+from app.connections.reconcile import ReconcileBusy, reconcile
+from app.errors import Conflict
+from app.responses import JSONResponse
+from app.state import app_state
+
+
+@operation(
+    id="reconcile",
+    summary="Bring the registry in line with Nango's connections API",
+    answers={200: ReconcileAnswer},
+    errors=(400, 403, 409, 502, 503),
+    query=NoQuery,
+)
+async def start_reconcile(request: Request) -> JSONResponse:
+    await require_api_key(request, write=True)
+    parse_query(NoQuery, request.query_params)
+    state = app_state(request)
+    with nango_errors():
+        try:
+            counts = await reconcile(
+                database=state.database,
+                nango=state.nango,
+                environment=state.settings.nango_environment,
+                trigger="api",
+            )
+        except ReconcileBusy as error:
+            raise Conflict(str(error), code="reconcile_running") from None
+    assert counts is not None  # only the schedule asks to skip a recent run
+    return JSONResponse(
+        {"environment": state.settings.nango_environment, "counts": counts.as_dict()}
+    )
+
+
+routes = [Route("/v1/reconcile", start_reconcile, methods=["POST"])]

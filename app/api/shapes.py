@@ -1,0 +1,430 @@
+"""Every shape of the API, declared once as a pydantic model: bodies, queries and answers.
+
+``/openapi.json`` is generated from these models (``app.api.openapi``). Request bodies and query
+strings are validated by them. Answers are built as plain dicts by the ``*_json`` functions
+beside their model and written by pydantic-core (``app.responses``): building the models
+themselves measured 1.5x slower than the dicts they replace on a 50-row lookup, and plain dicts
+written by pydantic-core three times faster (README, "Benchmarks"). The schemathesis tests check
+that every answer validates against its model's schema.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+from app.connections.model import (
+    ATTRIBUTION_FIELDS,
+    MAX_TAG_VALUE,
+    MAX_TAGS,
+    Connection,
+    ConnectionStatus,
+    check_tag_key,
+)
+from app.connections.queries import HistoryEntry, IntegrationSummary
+
+# Deliberately loose: one "@", no spaces, a dot in the domain. Deliverability is not ours to judge.
+EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 500
+MAX_VALUE_LENGTH = 255
+
+# A value of a request body, taken as sent: 1 to 255 characters, not blank.
+Text = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"\S")]
+# A query filter: what can be stored, compared exactly.
+Filter = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_VALUE_LENGTH, pattern=r"^[^\x00]*$")
+]
+
+
+class Answer(BaseModel):
+    """An answer: every field always present (null when unknown), nothing else."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Body(BaseModel):
+    """A request body: strictly typed, unknown fields refused."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class Query(BaseModel):
+    """A query string: values arrive as text; unknown parameters are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+# Connections --------------------------------------------------------------------------------
+
+
+class EndUser(Answer):
+    id: str | None
+    email: str | None
+    display_name: str | None
+
+
+class Organization(Answer):
+    id: str | None
+    display_name: str | None
+
+
+class AuthError(Answer):
+    """Why the credentials do not work (set while the status is ``auth_error``)."""
+
+    type: str | None
+    description: str | None
+    since: datetime | None
+
+
+class LastSync(Answer):
+    name: str | None
+    model: str | None
+    success: bool | None
+    at: datetime | None
+    error: str | None
+
+
+class ConnectionPublic(Answer):
+    model_config = ConfigDict(title="Connection")
+
+    connection_id: str
+    integration_id: str = Field(description="Nango's providerConfigKey")
+    provider: str | None
+    environment: str
+    auth_mode: str | None
+    end_user: EndUser
+    organization: Organization
+    tags: dict[str, str]
+    status: ConnectionStatus
+    error: AuthError | None
+    last_sync: LastSync | None
+    created_at: datetime
+    updated_at: datetime
+    deleted_at: datetime | None
+
+
+def connection_json(connection: Connection) -> dict[str, Any]:
+    """``ConnectionPublic`` of a stored connection (datetimes stay datetimes)."""
+    error = None
+    if connection.status == ConnectionStatus.AUTH_ERROR or connection.error_type is not None:
+        error = {
+            "type": connection.error_type,
+            "description": connection.error_description,
+            "since": connection.error_since,
+        }
+    last_sync = None
+    if connection.last_sync_name is not None or connection.last_sync_at is not None:
+        last_sync = {
+            "name": connection.last_sync_name,
+            "model": connection.last_sync_model,
+            "success": connection.last_sync_success,
+            "at": connection.last_sync_at,
+            "error": connection.last_sync_error,
+        }
+    return {
+        "connection_id": connection.connection_id,
+        "integration_id": connection.integration_id,
+        "provider": connection.provider,
+        "environment": connection.environment,
+        "auth_mode": connection.auth_mode,
+        "end_user": {
+            "id": connection.end_user_id,
+            "email": connection.end_user_email,
+            "display_name": connection.end_user_display_name,
+        },
+        "organization": {
+            "id": connection.organization_id,
+            "display_name": connection.organization_display_name,
+        },
+        "tags": connection.tags,
+        "status": connection.status,
+        "error": error,
+        "last_sync": last_sync,
+        "created_at": connection.created_at,
+        "updated_at": connection.updated_at,
+        "deleted_at": connection.deleted_at,
+    }
+
+
+class ConnectionPage(Answer):
+    data: list[ConnectionPublic]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page")
+
+
+class ConnectionAnswer(Answer):
+    data: ConnectionPublic
+
+
+class DeliveryBrief(Answer):
+    id: int
+    received_at: datetime
+    webhook_type: str | None
+    operation: str | None
+    success: bool | None
+    outcome: str
+
+
+class HistoryEntryPublic(Answer):
+    model_config = ConfigDict(title="HistoryEntry")
+
+    id: int
+    source: str = Field(examples=["webhook", "reconcile", "api", "import"])
+    action: str = Field(examples=["creation", "refresh", "deletion"])
+    success: bool | None
+    from_status: str | None
+    to_status: str | None
+    detail: dict[str, Any]
+    delivery: DeliveryBrief | None = Field(description="The webhook delivery that caused it")
+    created_at: datetime
+
+
+def history_json(entry: HistoryEntry) -> dict[str, Any]:
+    delivery = entry.delivery
+    return {
+        "id": entry.id,
+        "source": entry.source,
+        "action": entry.action,
+        "success": entry.success,
+        "from_status": entry.from_status,
+        "to_status": entry.to_status,
+        "detail": entry.detail,
+        "delivery": None
+        if delivery is None
+        else {
+            "id": delivery.id,
+            "received_at": delivery.received_at,
+            "webhook_type": delivery.webhook_type,
+            "operation": delivery.operation,
+            "success": delivery.success,
+            "outcome": delivery.outcome,
+        },
+        "created_at": entry.created_at,
+    }
+
+
+class HistoryPage(Answer):
+    data: list[HistoryEntryPublic]
+    next_cursor: str | None
+
+
+class IntegrationSummaryPublic(Answer):
+    model_config = ConfigDict(title="IntegrationSummary")
+
+    integration_id: str
+    environment: str
+    connected: bool = Field(description="an active connection exists")
+    needs_reauthorization: bool = Field(description="no active connection; the newest is broken")
+    connection_count: int = Field(ge=1)
+    connection: ConnectionPublic = Field(
+        description="the one to use: the newest active one, else the newest broken one"
+    )
+
+
+class EndUserSummary(Answer):
+    end_user_id: str
+    integrations: list[IntegrationSummaryPublic]
+
+
+class SummaryAnswer(Answer):
+    data: EndUserSummary
+
+
+def summary_json(end_user_id: str, summaries: list[IntegrationSummary]) -> dict[str, Any]:
+    return {
+        "data": {
+            "end_user_id": end_user_id,
+            "integrations": [
+                {
+                    "integration_id": item.integration_id,
+                    "environment": item.environment,
+                    "connected": item.connected,
+                    "needs_reauthorization": item.needs_reauthorization,
+                    "connection_count": item.connection_count,
+                    "connection": connection_json(item.connection),
+                }
+                for item in summaries
+            ],
+        }
+    }
+
+
+# Queries ------------------------------------------------------------------------------------
+
+
+class Page(Query):
+    limit: int = Field(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT, description="page size")
+    cursor: str | None = Field(
+        None, min_length=1, description="`next_cursor` of the previous page (opaque, signed)"
+    )
+
+
+class ConnectionListQuery(Page):
+    """``GET /v1/connections``: every filter given must match (``tag[KEY]`` too, see there)."""
+
+    end_user_id: Filter | None = Field(None, description="owner's user ID")
+    organization_id: Filter | None = Field(None, description="owner's organization ID")
+    integration_id: Filter | None = Field(None, description="Nango integration (providerConfigKey)")
+    environment: Filter | None = Field(None, description="Nango environment, e.g. prod")
+    status: list[ConnectionStatus] | None = Field(
+        None, description="comma-separated; default active,auth_error (deleted left out)"
+    )
+    attributed: bool | None = Field(
+        None, description="false: connections with neither an end user nor an organization"
+    )
+
+
+class Selector(Query):
+    """Which connection a path's ID names, when a legacy ID is used by several."""
+
+    integration_id: Filter | None = Field(
+        None, description="choose among connections sharing a legacy ID"
+    )
+    environment: Filter | None = Field(
+        None, description="choose among connections sharing a legacy ID"
+    )
+
+
+class HistoryQuery(Selector, Page):
+    pass
+
+
+class WriteSelector(Query):
+    """Which connection an action names (in ``NANGO_ENVIRONMENT``, whose secret key acts)."""
+
+    integration_id: Filter | None = Field(
+        None, description="choose among connections sharing a legacy ID"
+    )
+
+
+class SummaryQuery(Query):
+    environment: Filter | None = Field(None, description="only this Nango environment")
+
+
+class NoQuery(Query):
+    pass
+
+
+# Bodies -------------------------------------------------------------------------------------
+
+
+class ConnectSessionRequest(Body):
+    end_user_id: Text
+    end_user_email: Text | None = None
+    end_user_display_name: Text | None = None
+    organization_id: Text | None = None
+    organization_display_name: Text | None = None
+    allowed_integrations: list[Text] | None = Field(default=None, min_length=1, max_length=100)
+    tags: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("end_user_email")
+    @classmethod
+    def _email(cls, value: str | None) -> str | None:
+        if value is not None and not EMAIL.match(value):
+            raise ValueError("not an email address")
+        return value
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, value: dict[str, str]) -> dict[str, str]:
+        tags: dict[str, str] = {}
+        for key, tag in value.items():
+            problem = check_tag_key(key)
+            if problem:
+                raise ValueError(f"tag key {key!r} {problem}")
+            if not 1 <= len(tag) <= MAX_TAG_VALUE:
+                raise ValueError(f"tag {key!r} must be 1 to {MAX_TAG_VALUE} characters")
+            # Nango reports tag keys in lowercase; two keys differing in case would collide.
+            lowered = key.lower()
+            if lowered in tags:
+                raise ValueError(f"tag key {key!r} repeats another key that differs only in case")
+            if lowered in ATTRIBUTION_FIELDS:
+                raise ValueError(f"set {lowered} as a field of its own, not as a tag")
+            tags[lowered] = tag
+        return tags
+
+    @model_validator(mode="after")
+    def _tag_count(self) -> ConnectSessionRequest:
+        if len(self.nango_tags()) > MAX_TAGS:
+            raise ValueError(
+                f"at most {MAX_TAGS} tags in all, counting end_user_* and organization_* fields"
+            )
+        return self
+
+    def nango_tags(self) -> dict[str, str]:
+        built = {name: getattr(self, name) for name in ATTRIBUTION_FIELDS}
+        return {**{k: v for k, v in built.items() if v is not None}, **self.tags}
+
+
+class ReconnectRequest(Body):
+    integration_id: Text | None = None
+
+
+class LegacyHmacRequest(Body):
+    integration_id: Text
+    connection_id: Text
+
+
+class ConnectSession(Answer):
+    token: str
+    connect_link: str
+    expires_at: datetime
+
+
+class ReconcileCountsPublic(Answer):
+    model_config = ConfigDict(title="ReconcileCounts")
+
+    seen: int = Field(ge=0)
+    created: int = Field(ge=0)
+    updated: int = Field(ge=0)
+    deleted: int = Field(ge=0)
+    unattributed: int = Field(ge=0)
+
+
+class ReconcileAnswer(Answer):
+    environment: str
+    counts: ReconcileCountsPublic
+
+
+class LegacyHmac(Answer):
+    hmac: str = Field(pattern="^[0-9a-f]{64}$")
+
+
+# Operations ---------------------------------------------------------------------------------
+
+
+class ErrorDetail(Answer):
+    code: str = Field(examples=["invalid_parameter"])
+    message: str
+    details: dict[str, Any] | None = None
+
+
+class ErrorAnswer(Answer):
+    model_config = ConfigDict(title="Error")
+
+    error: ErrorDetail
+
+
+class Health(Answer):
+    status: Literal["ok"]
+
+
+class Readiness(Answer):
+    status: Literal["ok", "unavailable"]
+    schema_revision: str | None = None
+    reason: str | None = None
+
+
+class WebhookAnswer(Answer):
+    status: str = Field(description="applied, recorded, duplicate or failed")
+    delivery_id: int | None
