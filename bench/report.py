@@ -29,6 +29,14 @@ def ratio(numerator: dict[str, Any] | None, denominator: dict[str, Any] | None) 
     return round(float(numerator["rps"]) / float(denominator["rps"]), 3)
 
 
+def round_ratios(comparison: dict[str, Any]) -> list[float | None]:
+    """Service ÷ reference of each round (round *i* of both sides ran back to back)."""
+    service, reference = comparison.get("service"), comparison.get("reference")
+    if not service or not reference:
+        return []
+    return [ratio(s, r) for s, r in zip(service["rounds"], reference["rounds"], strict=True)]
+
+
 def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per target; ``required`` rows say whether the comparison is sound at all."""
     comparisons: dict[str, Any] = results.get("comparisons", {})
