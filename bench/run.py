@@ -1030,15 +1030,15 @@ def parse_options(argv: list[str] | None) -> Options:
     parser.add_argument(
         "--duration",
         type=int,
-        default=15,
+        default=16,
         help="seconds per measurement: per server and comparison, over all its rounds",
     )
     parser.add_argument(
         "--rounds",
         type=int,
-        default=3,
+        default=4,
         help="rounds per server in each comparison (service, reference, reference, service, ...),"
-        " each --duration/--rounds seconds",
+        " each --duration/--rounds seconds; an even count cancels a steady drift exactly",
     )
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1, help="wrk threads")
@@ -1055,7 +1055,11 @@ def parse_options(argv: list[str] | None) -> Options:
         default=100_000,
         help="connections for the service-vs-reference lookups (Postgres and SQLite)",
     )
-    parser.add_argument("--reconcile-sizes", default="10000,100000")
+    parser.add_argument(
+        "--reconcile-sizes",
+        default="10000",
+        help="connections listed by the fake Nango; add 100000",
+    )
     parser.add_argument("--admin-url", default=os.environ.get("BENCH_DATABASE_URL"))
     parser.add_argument("--log-level", default="info", help="the service's LOG_LEVEL")
     parser.add_argument("--pool-size", type=int, help="DATABASE_POOL_SIZE for the service")
