@@ -128,7 +128,21 @@ def _number(value: float | None, digits: int = 0) -> str:
 
 
 def markdown(results: dict[str, Any]) -> str:
-    comparisons: dict[str, Any] = results.get("comparisons", {})
+    return "\n".join(
+        [
+            *_comparisons(results),
+            "",
+            *_details(results),
+            "",
+            *_footer(results),
+            "",
+            *_targets(results),
+        ]
+    )
+
+
+def _comparisons(results: dict[str, Any]) -> list[str]:
+    """Service beside reference, one row per pair, with the drift notes."""
     options = results.get("options", {})
     lines = []
     if "rounds" in options:
@@ -147,7 +161,7 @@ def markdown(results: dict[str, Any]) -> str:
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     drifted = []
-    for comparison in comparisons.values():
+    for comparison in results.get("comparisons", {}).values():
         service, reference = comparison.get("service") or {}, comparison.get("reference") or {}
         bounds = spread(comparison)
         cells = [
@@ -162,62 +176,74 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(f"| {comparison['label']} | {' | '.join(cells)} |")
         if spread_note(comparison):
             drifted.append(f"Note, {comparison['label']}: {spread_note(comparison)}.")
-    if drifted:
-        lines += ["", *drifted]
+    return lines + (["", *drifted] if drifted else [])
 
-    lines += [
-        "",
+
+def _row(name: str, result: dict[str, Any] | None, notes: str = "") -> list[str]:
+    if not result:
+        return []
+    if "skipped" in result:
+        return [f"| {name} | | | | | skipped: {result['skipped']} |"]
+    cpu = _number(result.get("cpu_ms_per_request"), 2)
+    return [
+        f"| {name} | {result['rps']:.0f} | {result['p50_ms']:.2f} | {result['p99_ms']:.2f} |"
+        f" {cpu} | {notes} |"
+    ]
+
+
+def _notes(result: dict[str, Any]) -> str:
+    notes = f"non-2xx {result['failed']}"
+    if "correctness" in result:
+        correctness = result["correctness"]
+        notes = (
+            f"RSS {', '.join(f'{mb:.0f}' for mb in result['rss_mb'])} MB;"
+            f" {correctness['acknowledged']} acknowledged, {correctness['stored']} stored;"
+            f" {correctness['verdict']}; {notes}"
+        )
+    if len(result.get("rounds", [])) > 1:
+        each = ", ".join(f"{r['rps']:.0f}" for r in result["rounds"])
+        notes = f"{notes}; rounds {each} req/s"
+    return notes
+
+
+def _details(results: dict[str, Any]) -> list[str]:
+    """Every measurement on its own row, the ceilings for context."""
+    lines = [
         "| Measurement | req/s | p50 ms | p99 ms | CPU ms/req | Notes |",
         "| --- | ---: | ---: | ---: | ---: | --- |",
     ]
-
-    def row(name: str, result: dict[str, Any] | None, notes: str = "") -> None:
-        if not result:
-            return
-        if "skipped" in result:
-            lines.append(f"| {name} | | | | | skipped: {result['skipped']} |")
-            return
-        cpu = _number(result.get("cpu_ms_per_request"), 2)
-        lines.append(
-            f"| {name} | {result['rps']:.0f} | {result['p50_ms']:.2f} | {result['p99_ms']:.2f} |"
-            f" {cpu} | {notes} |"
-        )
-
     http = results.get("http_ceiling", {})
-    row("HTTP ceiling: bare Starlette GET", http.get("get"))
-    row("HTTP ceiling: bare Starlette POST (webhook bodies)", http.get("post"))
-    row("DB ceiling: pgbench, receiver transaction", results.get("db_ceiling"), "tx/s")
-    for comparison in comparisons.values():
+    lines += _row("HTTP ceiling: bare Starlette GET", http.get("get"))
+    lines += _row("HTTP ceiling: bare Starlette POST (webhook bodies)", http.get("post"))
+    lines += _row("DB ceiling: pgbench, receiver transaction", results.get("db_ceiling"), "tx/s")
+    for comparison in results.get("comparisons", {}).values():
         for kind in ("service", "reference"):
             result = comparison.get(kind)
-            notes = f"non-2xx {result['failed']}" if result else ""
-            if result and "correctness" in result:
-                correctness = result["correctness"]
-                notes = (
-                    f"RSS {', '.join(f'{mb:.0f}' for mb in result['rss_mb'])} MB;"
-                    f" {correctness['acknowledged']} acknowledged, {correctness['stored']} stored;"
-                    f" {correctness['verdict']}; {notes}"
-                )
-            if result and len(result.get("rounds", [])) > 1:
-                each = ", ".join(f"{r['rps']:.0f}" for r in result["rounds"])
-                notes = f"{notes}; rounds {each} req/s"
-            row(f"{comparison['label']}, {kind}", result, notes)
+            if result:
+                lines += _row(f"{comparison['label']}, {kind}", result, _notes(result))
     scale = results.get("lookup_scale", {})
     if "skipped" in scale:
-        row("Lookup by end user", scale)
-    else:
-        for size, result in scale.items():
-            row(f"Postgres list by end user, {int(size):,} connections, service", result, "scale")
-    lines.append("")
-    for size, result in results.get("reconcile", {}).items():
-        lines.append(
-            f"Reconcile from the fake Nango, {int(size):,} connections: {result['seconds']} s"
-            f" (second run, nothing to change: {result['second_run_seconds']} s)."
+        return lines + _row("Lookup by end user", scale)
+    for size, result in scale.items():
+        lines += _row(
+            f"Postgres list by end user, {int(size):,} connections, service", result, "scale"
         )
+    return lines
+
+
+def _footer(results: dict[str, Any]) -> list[str]:
+    lines = [
+        f"Reconcile from the fake Nango, {int(size):,} connections: {result['seconds']} s"
+        f" (second run, nothing to change: {result['second_run_seconds']} s)."
+        for size, result in results.get("reconcile", {}).items()
+    ]
     if "seconds" in results:
         lines.append(f"Run time: {results['seconds'] // 60} min {results['seconds'] % 60} s.")
+    return lines
 
-    lines += ["", "| Target | Value | Goal | Met | Note |", "| --- | ---: | ---: | --- | --- |"]
+
+def _targets(results: dict[str, Any]) -> list[str]:
+    lines = ["| Target | Value | Goal | Met | Note |", "| --- | ---: | ---: | --- | --- |"]
     for check in results.get("targets", []):
         met = {True: "yes", False: "**no**", None: "not measured"}[check["met"]]
         if check["target"] == "reported":
@@ -225,4 +251,4 @@ def markdown(results: dict[str, Any]) -> str:
         value = "" if check["value"] is None else f"{check['value']:g}"
         note = check.get("note", "")
         lines.append(f"| {check['check']} | {value} | {check['target']} | {met} | {note} |")
-    return "\n".join(lines)
+    return lines

@@ -1107,8 +1107,11 @@ def parse_options(argv: list[str] | None) -> Options:
     )
 
 
-def run(options: Options, harness: Harness) -> dict[str, Any]:
-    results: dict[str, Any] = {
+def _run_header(options: Options) -> dict[str, Any]:
+    for tool in ("wrk", "pgbench"):
+        if find_tool(tool) is None:
+            raise BenchError(f"{tool} is missing (Debian: apt-get install -y {tool})")
+    return {
         "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": {
             "cpus": os.cpu_count(),
@@ -1121,9 +1124,10 @@ def run(options: Options, harness: Harness) -> dict[str, Any]:
             if key != "admin_url"
         },
     }
-    for tool in ("wrk", "pgbench"):
-        if find_tool(tool) is None:
-            raise BenchError(f"{tool} is missing (Debian: apt-get install -y {tool})")
+
+
+def run(options: Options, harness: Harness) -> dict[str, Any]:
+    results = _run_header(options)
     started = time.perf_counter()
     webhooks = harness.workdir / "webhooks.txt"
     keys = write_webhooks(webhooks, options.bodies, run_tag=harness.run_id)
