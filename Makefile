@@ -56,7 +56,8 @@ reliability: dev
 	@cat build/reliability/*-long.json
 
 # Benchmarks (not part of `make test`): the service beside the reference handler
-# (bench/reference.py) in one run, ~10 minutes; needs wrk and pgbench and a Postgres on
+# (bench/reference.py), both up at once and measured in alternating rounds (--rounds), in one
+# run, ~10 minutes on a quiet machine; needs wrk and pgbench and a Postgres on
 # BENCH_DATABASE_URL (default postgresql://postgres@127.0.0.1:5432/postgres). BENCH_ARGS are
 # passed on, e.g. `make bench BENCH_ARGS="--duration 5 --only ingest,lookup"`.
 bench: install

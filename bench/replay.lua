@@ -6,6 +6,8 @@
 --   BENCH_AUTH      optional Authorization header value for GET lines
 --   BENCH_ACKED     optional file: the delivery_id of every 2xx answer is written there
 --   BENCH_PATH      optional path that replaces the one on every line (the ceiling app)
+--   BENCH_LATENCY   optional file: wrk's latency histogram, one "microseconds count" a line
+--                   (so the latencies of several runs can be merged)
 -- done() prints one line "BENCH_RESULT {json}" with counts and latency percentiles.
 
 local threads = {}
@@ -97,6 +99,15 @@ function done(summary, latency, requests)
     end
   end
   if out then out:close() end
+  local latency_file = os.getenv("BENCH_LATENCY")
+  if latency_file then
+    local histogram = assert(io.open(latency_file, "w"))
+    for index = 1, #latency do
+      local value, count = latency(index)
+      histogram:write(string.format("%d %d\n", value, count))
+    end
+    histogram:close()
+  end
   local parts = {}
   for key, count in pairs(by_status) do
     parts[#parts + 1] = string.format('"%s":%d', key, count)

@@ -19,6 +19,8 @@ TARGET_INGEST_P99_MS = 60.0
 # Kept from the earlier rounds: lookups do not slow down as the table grows; memory stays bounded.
 TARGET_SCALE_RATIO = 0.9
 TARGET_RSS_MB = 150.0
+# Per-round ratios further apart than this get a note: the machine drifted within the run.
+SPREAD_NOTE = 0.15
 
 
 def ratio(numerator: dict[str, Any] | None, denominator: dict[str, Any] | None) -> float | None:
@@ -29,25 +31,64 @@ def ratio(numerator: dict[str, Any] | None, denominator: dict[str, Any] | None) 
     return round(float(numerator["rps"]) / float(denominator["rps"]), 3)
 
 
+def round_ratios(comparison: dict[str, Any]) -> list[float | None]:
+    """Service ÷ reference of each round (round *i* of both sides ran back to back)."""
+    service, reference = comparison.get("service"), comparison.get("reference")
+    if not service or not reference:
+        return []
+    return [ratio(s, r) for s, r in zip(service["rounds"], reference["rounds"], strict=True)]
+
+
+def spread(comparison: dict[str, Any]) -> tuple[float, float] | None:
+    """The lowest and highest per-round ratio, when there are two or more."""
+    values = [value for value in comparison.get("round_ratios", []) if value is not None]
+    return (min(values), max(values)) if len(values) > 1 else None
+
+
+def spread_note(comparison: dict[str, Any]) -> str:
+    """A warning when the per-round ratios differ by more than ``SPREAD_NOTE``."""
+    bounds = spread(comparison)
+    if bounds is None or bounds[1] - bounds[0] <= SPREAD_NOTE:
+        return ""
+    low, high = bounds
+    return (
+        f"per-round ratios {low:.2f} to {high:.2f} (spread {high - low:.2f} > {SPREAD_NOTE:g}):"
+        " the machine drifted within the run; rerun before trusting a small difference"
+    )
+
+
 def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per target; ``required`` rows say whether the comparison is sound at all."""
     comparisons: dict[str, Any] = results.get("comparisons", {})
     checks: list[dict[str, Any]] = []
 
     def check(
-        name: str, value: float | None, target: str, met: bool | None, required: bool = False
+        name: str,
+        value: float | None,
+        target: str,
+        met: bool | None,
+        required: bool = False,
+        note: str = "",
     ) -> None:
         checks.append(
-            {"check": name, "value": value, "target": target, "met": met, "required": required}
+            {
+                "check": name,
+                "value": value,
+                "target": target,
+                "met": met,
+                "required": required,
+                "note": note,
+            }
         )
 
     for key, comparison in comparisons.items():
-        value = comparison.get("ratio")
+        value = comparison.get("ratio")  # all rounds: total answered ÷ total seconds, per side
+        name = f"{comparison['label']}: service ÷ reference"
         if key in TARGETED:
             met = None if value is None else value >= TARGET_RATIO
-            check(f"{comparison['label']}: service ÷ reference", value, f">= {TARGET_RATIO}", met)
+            check(name, value, f">= {TARGET_RATIO}", met, note=spread_note(comparison))
         else:
-            check(f"{comparison['label']}: service ÷ reference", value, "reported", None)
+            check(name, value, "reported", None, note=spread_note(comparison))
         if key == "postgres_ingest_1w":
             p99 = (comparison.get("service") or {}).get("p99_ms")
             met = None if p99 is None else p99 < TARGET_INGEST_P99_MS
@@ -87,77 +128,127 @@ def _number(value: float | None, digits: int = 0) -> str:
 
 
 def markdown(results: dict[str, Any]) -> str:
-    comparisons: dict[str, Any] = results.get("comparisons", {})
-    lines = [
+    return "\n".join(
+        [
+            *_comparisons(results),
+            "",
+            *_details(results),
+            "",
+            *_footer(results),
+            "",
+            *_targets(results),
+        ]
+    )
+
+
+def _comparisons(results: dict[str, Any]) -> list[str]:
+    """Service beside reference, one row per pair, with the drift notes."""
+    options = results.get("options", {})
+    lines = []
+    if "rounds" in options:
+        rounds, seconds = options["rounds"], options["duration"] / options["rounds"]
+        lines += [
+            f"Each pair in {rounds} alternating rounds of {seconds:.0f} s per server (service,"
+            " reference, reference, service, ...); req/s and CPU over all rounds, p50 and p99"
+            " from the latencies of all rounds merged.",
+            "",
+        ]
+    lines += [
         "| Measurement | Service req/s | Reference req/s | Service ÷ reference |"
-        " Service p99 ms | Reference p99 ms | Service CPU ms/req | Reference CPU ms/req |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        " Per-round ratios, min to max | Service p50 ms (merged) | Reference p50 ms (merged) |"
+        " Service p99 ms (merged) | Reference p99 ms (merged) | Service CPU ms/req |"
+        " Reference CPU ms/req |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for comparison in comparisons.values():
+    drifted = []
+    for comparison in results.get("comparisons", {}).values():
         service, reference = comparison.get("service") or {}, comparison.get("reference") or {}
+        bounds = spread(comparison)
         cells = [
             _number(service.get("rps")),
             _number(reference.get("rps")),
             _number(comparison.get("ratio"), 2),
+            "" if bounds is None else f"{bounds[0]:.2f} to {bounds[1]:.2f}",
+            *(_number(r.get("p50_ms"), 1) for r in (service, reference)),
             *(_number(r.get("p99_ms"), 1) for r in (service, reference)),
             *(_number(r.get("cpu_ms_per_request"), 2) for r in (service, reference)),
         ]
         lines.append(f"| {comparison['label']} | {' | '.join(cells)} |")
+        if spread_note(comparison):
+            drifted.append(f"Note, {comparison['label']}: {spread_note(comparison)}.")
+    return lines + (["", *drifted] if drifted else [])
 
-    lines += [
-        "",
+
+def _row(name: str, result: dict[str, Any] | None, notes: str = "") -> list[str]:
+    if not result:
+        return []
+    if "skipped" in result:
+        return [f"| {name} | | | | | skipped: {result['skipped']} |"]
+    cpu = _number(result.get("cpu_ms_per_request"), 2)
+    return [
+        f"| {name} | {result['rps']:.0f} | {result['p50_ms']:.2f} | {result['p99_ms']:.2f} |"
+        f" {cpu} | {notes} |"
+    ]
+
+
+def _notes(result: dict[str, Any]) -> str:
+    notes = f"non-2xx {result['failed']}"
+    if "correctness" in result:
+        correctness = result["correctness"]
+        notes = (
+            f"RSS {', '.join(f'{mb:.0f}' for mb in result['rss_mb'])} MB;"
+            f" {correctness['acknowledged']} acknowledged, {correctness['stored']} stored;"
+            f" {correctness['verdict']}; {notes}"
+        )
+    if len(result.get("rounds", [])) > 1:
+        each = ", ".join(f"{r['rps']:.0f}" for r in result["rounds"])
+        notes = f"{notes}; rounds {each} req/s"
+    return notes
+
+
+def _details(results: dict[str, Any]) -> list[str]:
+    """Every measurement on its own row, the ceilings for context."""
+    lines = [
         "| Measurement | req/s | p50 ms | p99 ms | CPU ms/req | Notes |",
         "| --- | ---: | ---: | ---: | ---: | --- |",
     ]
-
-    def row(name: str, result: dict[str, Any] | None, notes: str = "") -> None:
-        if not result:
-            return
-        if "skipped" in result:
-            lines.append(f"| {name} | | | | | skipped: {result['skipped']} |")
-            return
-        cpu = _number(result.get("cpu_ms_per_request"), 2)
-        lines.append(
-            f"| {name} | {result['rps']:.0f} | {result['p50_ms']:.2f} | {result['p99_ms']:.2f} |"
-            f" {cpu} | {notes} |"
-        )
-
     http = results.get("http_ceiling", {})
-    row("HTTP ceiling: bare Starlette GET", http.get("get"))
-    row("HTTP ceiling: bare Starlette POST (webhook bodies)", http.get("post"))
-    row("DB ceiling: pgbench, receiver transaction", results.get("db_ceiling"), "tx/s")
-    for comparison in comparisons.values():
+    lines += _row("HTTP ceiling: bare Starlette GET", http.get("get"))
+    lines += _row("HTTP ceiling: bare Starlette POST (webhook bodies)", http.get("post"))
+    lines += _row("DB ceiling: pgbench, receiver transaction", results.get("db_ceiling"), "tx/s")
+    for comparison in results.get("comparisons", {}).values():
         for kind in ("service", "reference"):
             result = comparison.get(kind)
-            notes = f"non-2xx {result['failed']}" if result else ""
-            if result and "correctness" in result:
-                correctness = result["correctness"]
-                notes = (
-                    f"RSS {', '.join(f'{mb:.0f}' for mb in result['rss_mb'])} MB;"
-                    f" {correctness['acknowledged']} acknowledged, {correctness['stored']} stored;"
-                    f" {correctness['verdict']}; {notes}"
-                )
-            row(f"{comparison['label']}, {kind}", result, notes)
+            if result:
+                lines += _row(f"{comparison['label']}, {kind}", result, _notes(result))
     scale = results.get("lookup_scale", {})
     if "skipped" in scale:
-        row("Lookup by end user", scale)
-    else:
-        for size, result in scale.items():
-            row(f"Postgres list by end user, {int(size):,} connections, service", result, "scale")
-    lines.append("")
-    for size, result in results.get("reconcile", {}).items():
-        lines.append(
-            f"Reconcile from the fake Nango, {int(size):,} connections: {result['seconds']} s"
-            f" (second run, nothing to change: {result['second_run_seconds']} s)."
+        return lines + _row("Lookup by end user", scale)
+    for size, result in scale.items():
+        lines += _row(
+            f"Postgres list by end user, {int(size):,} connections, service", result, "scale"
         )
+    return lines
+
+
+def _footer(results: dict[str, Any]) -> list[str]:
+    lines = [
+        f"Reconcile from the fake Nango, {int(size):,} connections: {result['seconds']} s"
+        f" (second run, nothing to change: {result['second_run_seconds']} s)."
+        for size, result in results.get("reconcile", {}).items()
+    ]
     if "seconds" in results:
         lines.append(f"Run time: {results['seconds'] // 60} min {results['seconds'] % 60} s.")
+    return lines
 
-    lines += ["", "| Target | Value | Goal | Met |", "| --- | ---: | ---: | --- |"]
+
+def _targets(results: dict[str, Any]) -> list[str]:
+    lines = ["| Target | Value | Goal | Met | Note |", "| --- | ---: | ---: | --- | --- |"]
     for check in results.get("targets", []):
         met = {True: "yes", False: "**no**", None: "not measured"}[check["met"]]
         if check["target"] == "reported":
             met = "(reported)"
         value = "" if check["value"] is None else f"{check['value']:g}"
-        lines.append(f"| {check['check']} | {value} | {check['target']} | {met} |")
-    return "\n".join(lines)
+        note = check.get("note", "")
+        lines.append(f"| {check['check']} | {value} | {check['target']} | {met} | {note} |")
+    return lines

@@ -2,10 +2,12 @@
 
 Every phase runs for a fixed time on loopback, against throwaway databases (Postgres databases
 and SQLite files) that are removed at the end, with every server it started stopped, whatever
-happens. Absolute numbers drift on a shared machine; ratios measured in one run do not. The
+happens. Absolute numbers drift on a shared machine, even between two phases of one run. The
 main ones compare the service with ``bench/reference.py`` (the minimal handlers anyone would
-write, on the same schema) under the same requests; a bare Starlette app (the HTTP ceiling)
-and ``pgbench`` (the database ceiling) are measured too, as context.
+write, on the same schema) under the same requests, both servers up at once and measured in
+alternating rounds (service, reference, reference, service, ...), so that drift lands on both
+sides alike; a bare Starlette app (the HTTP ceiling) and ``pgbench`` (the database ceiling) are
+measured too, as context.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +41,7 @@ from typing import Any
 
 import psycopg
 
-from bench.report import markdown, ratio, verdicts
+from bench.report import markdown, ratio, round_ratios, verdicts
 from bench.seed import seed_connections, seed_sqlite_connections, users_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,6 +51,9 @@ SIGNING_KEY = "5f3c0f0e-9a4b-4b8e-9d7c-2a1b3c4d5e6f"
 API_KEY = "bench-full-access-key-0123456789abcdef"
 BEARER = f"Bearer {API_KEY}"
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+# The pause after each round, so that what one server still has in flight when wrk stops does
+# not run during the next round of the other.
+SETTLE_SECONDS = 0.5
 
 # Phases that --skip and --only name; "reference" (for --skip) leaves out the reference runs.
 PHASES = ("http", "db", "ingest", "lookup", "getbyid", "summary", "scale", "sqlite", "reconcile")
@@ -70,6 +76,7 @@ def say(message: str) -> None:
 @dataclass
 class Options:
     duration: int
+    rounds: int
     connections: int
     threads: int
     bodies: int
@@ -91,6 +98,11 @@ class Options:
     def kinds(self) -> list[str]:
         """The servers each comparison measures, in this order."""
         return ["service", "reference"] if self.reference else ["service"]
+
+    @property
+    def round_seconds(self) -> int:
+        """The length of one round: ``duration`` seconds per server, cut in ``rounds``."""
+        return max(1, round(self.duration / self.rounds))
 
 
 # Processes and databases ------------------------------------------------------------------
@@ -344,7 +356,11 @@ def run_wrk(
     auth: str | None = None,
     acked_file: Path | None = None,
     path: str | None = None,
+    seconds: int | None = None,
+    latency_file: Path | None = None,
 ) -> dict[str, Any]:
+    """wrk for ``seconds`` (default ``--duration``) replaying ``requests_file``."""
+    seconds = seconds or options.duration
     wrk = find_tool("wrk")
     if wrk is None:
         raise BenchError("wrk is missing: apt-get install -y wrk")
@@ -356,11 +372,13 @@ def run_wrk(
         env["BENCH_ACKED"] = str(acked_file)
     if path:
         env["BENCH_PATH"] = path
+    if latency_file:
+        env["BENCH_LATENCY"] = str(latency_file)
     command = [
         wrk,
         f"-t{options.threads}",
         f"-c{options.connections}",
-        f"-d{options.duration}s",
+        f"-d{seconds}s",
         "--timeout",
         "10s",
         "-s",
@@ -368,7 +386,7 @@ def run_wrk(
         url,
     ]
     finished = subprocess.run(
-        command, env=env, capture_output=True, timeout=options.duration + 120, check=False
+        command, env=env, capture_output=True, timeout=seconds + 120, check=False
     )
     output = finished.stdout.decode(errors="replace")
     for line in output.splitlines():
@@ -384,6 +402,7 @@ def run_wrk_on(server: Server, options: Options, **arguments: Any) -> dict[str, 
     before = cpu_seconds(pids)
     result = run_wrk(options, **arguments)
     spent = cpu_seconds(pids) - before
+    result["cpu_seconds"] = round(spent, 2)
     result["cpu_ms_per_request"] = round(spent * 1000 / max(1, result["ok"]), 3)
     return result
 
@@ -496,6 +515,19 @@ def write_webhooks(path: Path, count: int, *, run_tag: str) -> set[str]:
     return keys
 
 
+def write_slices(webhooks: Path, count: int) -> list[Path]:
+    """``webhooks`` cut into ``count`` files of consecutive lines, one per round: each round of
+    a server sends bodies no round of that server sent before."""
+    lines = webhooks.read_text(encoding="utf-8").splitlines(keepends=True)
+    paths = []
+    for index in range(count):
+        path = webhooks.with_name(f"{webhooks.stem}-{index}.txt")
+        part = lines[index * len(lines) // count : (index + 1) * len(lines) // count]
+        path.write_text("".join(part), encoding="utf-8")
+        paths.append(path)
+    return paths
+
+
 def write_requests(path: Path, line: str, *, population: int, count: int = 50_000) -> Path:
     """``count`` request lines, ``{i}`` in ``line`` drawn at random below ``population``."""
     chooser = random.Random(7)
@@ -542,57 +574,185 @@ def db_ceiling(options: Options, harness: Harness) -> dict[str, Any]:
         return result
 
 
-def measure(
-    options: Options, harness: Harness, server: Server, name: str, *, path: str = "", **wrk: Any
-) -> dict[str, Any]:
-    """One wrk run against ``server``, with py-spy on its worker under ``--profile``."""
-    say(f"{name}: {options.connections} connections")
-    with profiling(options, harness, server, re.sub(r"[^a-z0-9]+", "-", name.lower())):
-        result = run_wrk_on(server, options, url=f"{server.url}{path}", **wrk)
-    say(
-        f"  {result['rps']} req/s, p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms,"
-        f" non-2xx {result['failed']}, {result['cpu_ms_per_request']} ms CPU/request"
-    )
-    return result
+@dataclass
+class Side:
+    """One server of a comparison: the request file of each round and, for ingest, the file
+    each round writes its acknowledged delivery IDs to."""
+
+    kind: str
+    server: Server
+    requests: list[Path]
+    acked: list[Path] | None = None
 
 
-def ingest(
+def interleave(
     options: Options,
     harness: Harness,
-    webhooks: Path,
+    name: str,
+    sides: list[Side],
+    *,
+    path: str = "",
+    auth: str | None = None,
+) -> dict[str, dict[str, Any]]:
+    """``--rounds`` wrk runs on every side, alternating so that neither always goes first
+    (service, reference, reference, service, service, ...): drift of the machine's speed during
+    the comparison lands on both sides. Returns each side's rounds combined (``combine``)."""
+    seconds = options.round_seconds
+    kinds = ", ".join(side.kind for side in sides)
+    say(
+        f"{name}: {options.rounds} rounds of {seconds}s each on {kinds},"
+        f" {options.connections} connections"
+    )
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    rounds: dict[str, list[dict[str, Any]]] = {side.kind: [] for side in sides}
+    histograms: dict[str, Counter[int]] = {side.kind: Counter() for side in sides}
+    profiled = min(1, options.rounds - 1)  # a warm round
+    for index in range(options.rounds):
+        for side in sides if index % 2 == 0 else sides[::-1]:
+            latency_file = harness.workdir / f"latency-{slug}-{side.kind}-{index}.txt"
+            profile = (
+                profiling(options, side.server, f"{slug}-{side.kind}", seconds)
+                if index == profiled
+                else contextlib.nullcontext()
+            )
+            with profile:
+                result = run_wrk_on(
+                    side.server,
+                    options,
+                    url=f"{side.server.url}{path}",
+                    requests_file=side.requests[index],
+                    acked_file=side.acked[index] if side.acked else None,
+                    auth=auth,
+                    seconds=seconds,
+                    latency_file=latency_file,
+                )
+            histograms[side.kind].update(read_histogram(latency_file))
+            rounds[side.kind].append(result)
+            say(
+                f"  round {index + 1} {side.kind}: {result['rps']} req/s,"
+                f" p99 {result['p99_ms']} ms, non-2xx {result['failed']},"
+                f" {result['cpu_ms_per_request']} ms CPU/request"
+            )
+            # What wrk left in flight at its deadline finishes before the other side starts.
+            time.sleep(SETTLE_SECONDS)
+    combined = {kind: combine(rounds[kind], histograms[kind]) for kind in rounds}
+    for kind, result in combined.items():
+        say(
+            f"  {kind}, all rounds: {result['rps']} req/s, p50 {result['p50_ms']} ms,"
+            f" p99 {result['p99_ms']} ms, {result['cpu_ms_per_request']} ms CPU/request"
+        )
+    return combined
+
+
+def read_histogram(path: Path) -> Counter[int]:
+    """The ``microseconds count`` lines replay.lua writes (BENCH_LATENCY); the file goes."""
+    histogram: Counter[int] = Counter()
+    for line in path.read_text().splitlines():
+        value, count = line.split()
+        histogram[int(value)] += int(count)
+    path.unlink()
+    return histogram
+
+
+def histogram_percentile(histogram: Counter[int], percent: float) -> float:
+    """The latency (ms) below which ``percent`` of the requests fall, computed like wrk's."""
+    total = sum(histogram.values())
+    rank = round(percent / 100 * total + 0.5)
+    seen = 0
+    for value in sorted(histogram):
+        seen += histogram[value]
+        if seen >= rank:
+            return round(value / 1000, 2)
+    return 0.0
+
+
+def combine(rounds: list[dict[str, Any]], histogram: Counter[int]) -> dict[str, Any]:
+    """One side's rounds as one measurement: req/s is all answered requests over all the
+    rounds' seconds, CPU all CPU over them, percentiles from the rounds' latencies merged."""
+    total: dict[str, Any] = {
+        key: sum(result[key] for result in rounds)
+        for key in ("requests", "ok", "failed", "duplicates", "wrapped")
+    }
+    seconds = sum(result["seconds"] for result in rounds)
+    cpu = sum(result["cpu_seconds"] for result in rounds)
+    statuses: Counter[str] = Counter()
+    errors: Counter[str] = Counter()
+    for result in rounds:
+        statuses.update(result["statuses"])
+        errors.update(result["socket_errors"])
+    return {
+        **total,
+        "seconds": round(seconds, 2),
+        "rps": round(total["ok"] / seconds, 1) if seconds else 0.0,
+        "statuses": dict(statuses),
+        "socket_errors": dict(errors),
+        "p50_ms": histogram_percentile(histogram, 50),
+        "p90_ms": histogram_percentile(histogram, 90),
+        "p99_ms": histogram_percentile(histogram, 99),
+        "max_ms": max(result["max_ms"] for result in rounds),
+        "cpu_seconds": round(cpu, 2),
+        "cpu_ms_per_request": round(cpu * 1000 / max(1, total["ok"]), 3),
+        "rounds": rounds,
+    }
+
+
+def ingest_pair(
+    options: Options,
+    harness: Harness,
+    slices: list[Path],
     keys: set[str],
     *,
-    kind: str,
     workers: int,
     sqlite: bool = False,
 ) -> dict[str, Any]:
-    """The signed webhooks against ``kind`` on a fresh database, then the stored-once check."""
-    purpose = f"ingest_{'sqlite' if sqlite else 'postgres'}_{workers}w_{kind}"
-    acked_file = harness.workdir / f"acked-{purpose}.txt"
-    with harness.database(purpose, sqlite=sqlite) as database:
-        with harness.serve(kind, database, workers=workers, log_name=purpose) as server:
-            name = f"{'SQLite' if sqlite else 'Postgres'} ingest, {workers} worker(s), {kind}"
-            result = measure(
-                options,
-                harness,
-                server,
-                name,
-                path="/webhooks/nango",
-                requests_file=webhooks,
-                acked_file=acked_file,
-            )
+    """The signed webhooks against the service and the reference, each on a fresh database of
+    its own, in alternating rounds; round *i* of each sends slice *i* of the bodies (so no
+    server gets a body twice), then the stored-once check over all of a server's rounds."""
+    backend = "SQLite" if sqlite else "Postgres"
+    label = f"{backend} webhook ingest, {workers} worker{'s' if workers > 1 else ''}"
+    purpose = f"ingest_{backend.lower()}_{workers}w"
+    acked = {
+        kind: [
+            harness.workdir / f"acked-{purpose}-{kind}-{index}.txt" for index in range(len(slices))
+        ]
+        for kind in options.kinds
+    }
+    with contextlib.ExitStack() as databases:
+        database = {
+            kind: databases.enter_context(harness.database(f"{purpose}_{kind}", sqlite=sqlite))
+            for kind in options.kinds
+        }
+        with contextlib.ExitStack() as servers:
+            sides = [
+                Side(
+                    kind,
+                    servers.enter_context(
+                        harness.serve(kind, database[kind], workers=workers, log_name=purpose)
+                    ),
+                    requests=slices,
+                    acked=acked[kind],
+                )
+                for kind in options.kinds
+            ]
+            name = f"{backend} ingest, {workers} worker(s)"
+            results = interleave(options, harness, name, sides, path="/webhooks/nango")
             time.sleep(1)  # requests wrk gave up on at the deadline may still commit
-            result["rss_mb"] = [round(rss_mb(pid), 1) for pid in server.worker_pids()]
-        result["correctness"] = check_stored_once(database, acked_file, keys)
-    say(f"  RSS {result['rss_mb']} MB; {result['correctness']['verdict']}")
-    if result["wrapped"]:
-        say("  WARNING: wrk ran out of distinct bodies; raise --bodies")
-    return result
+            for side in sides:
+                pids = side.server.worker_pids()
+                results[side.kind]["rss_mb"] = [round(rss_mb(pid), 1) for pid in pids]
+        for kind, result in results.items():
+            result["correctness"] = check_stored_once(database[kind], acked[kind], keys)
+            say(f"  {kind}: RSS {result['rss_mb']} MB; {result['correctness']['verdict']}")
+            if result["wrapped"]:
+                say(f"  WARNING: wrk ran out of distinct bodies for the {kind}; raise --bodies")
+    return {"label": label, **results}
 
 
-def check_stored_once(database: Database, acked_file: Path, keys: set[str]) -> dict[str, Any]:
-    """Every acknowledged delivery is stored, once, and applied once."""
-    acked = [int(line) for line in acked_file.read_text().split()]
+def check_stored_once(
+    database: Database, acked_files: list[Path], keys: set[str]
+) -> dict[str, Any]:
+    """Every delivery acknowledged in any round is stored, once, and applied once."""
+    acked = [int(line) for path in acked_files for line in path.read_text().split()]
     with database.connect() as conn:
         stored = dict(conn.execute("SELECT id, dedupe_key FROM deliveries").fetchall())
         events = conn.execute(
@@ -633,7 +793,7 @@ def check_stored_once(database: Database, acked_file: Path, keys: set[str]) -> d
 def lookups(options: Options, harness: Harness, comparisons: dict[str, Any]) -> dict[str, Any]:
     """Postgres lookups on one database, seeded in steps: at every ``--lookup-sizes`` the
     service lists by end user (the scale check); at the main size each lookup route runs on
-    the service and on the reference, one after the other (``comparisons``)."""
+    the service and on the reference, in alternating rounds (``comparisons``)."""
     main_size = options.main_lookup_size
     routes = [route for route in ROUTES if options.runs(route)]
     sizes = set(options.lookup_sizes) if options.runs("scale") else set()
@@ -667,10 +827,11 @@ def lookups(options: Options, harness: Harness, comparisons: dict[str, Any]) -> 
                     scale[str(size)] = pairs["lookup"]["service"]
             if options.runs("scale") and str(size) not in scale:
                 requests = lookup_requests(harness, "lookup", size)
-                name = f"Postgres list by end user, {size} connections, service"
-                scale[str(size)] = measure(
-                    options, harness, service, name, requests_file=requests, auth=BEARER
-                )
+                name = f"Postgres list by end user, {size} connections"
+                side = Side("service", service, [requests] * options.rounds)
+                scale[str(size)] = interleave(options, harness, name, [side], auth=BEARER)[
+                    "service"
+                ]
             if str(size) in scale:
                 scale[str(size)]["seed_seconds"] = round(seconds, 1)
     return scale
@@ -690,8 +851,8 @@ def compare_lookups(
     routes: list[str],
     backend: str,
 ) -> dict[str, Any]:
-    """Each route on the service (already running) and on the reference, same requests; first
-    a sample of them on both, whose answers must be the same JSON."""
+    """Each route on the service (already running) and on the reference, same requests, in
+    alternating rounds; first a sample of them on both, whose answers must be the same JSON."""
     size = options.main_lookup_size
     pairs: dict[str, Any] = {}
     reference_server = (
@@ -707,12 +868,13 @@ def compare_lookups(
             if reference is not None:
                 pair["answers"] = same_answers(service, reference, requests)
                 say(f"{backend} {label}: answers of service and reference {pair['answers']}")
-            for kind, server in (("service", service), ("reference", reference)):
-                if server is not None:
-                    name = f"{backend} {label}, {size} connections, {kind}"
-                    pair[kind] = measure(
-                        options, harness, server, name, requests_file=requests, auth=BEARER
-                    )
+            sides = [
+                Side(kind, server, [requests] * options.rounds)
+                for kind, server in (("service", service), ("reference", reference))
+                if server is not None
+            ]
+            name = f"{backend} {label}, {size} connections"
+            pair.update(interleave(options, harness, name, sides, auth=BEARER))
             pairs[route] = pair
     return pairs
 
@@ -736,17 +898,11 @@ def same_answers(
 
 
 def sqlite_phase(
-    options: Options, harness: Harness, webhooks: Path, keys: set[str]
+    options: Options, harness: Harness, slices: list[Path], keys: set[str]
 ) -> dict[str, Any]:
     """The webhook ingest (1 worker) and the list by end user on SQLite, service and reference."""
     comparisons: dict[str, Any] = {
-        "sqlite_ingest_1w": {
-            "label": "SQLite webhook ingest, 1 worker",
-            **{
-                kind: ingest(options, harness, webhooks, keys, kind=kind, workers=1, sqlite=True)
-                for kind in options.kinds
-            },
-        }
+        "sqlite_ingest_1w": ingest_pair(options, harness, slices, keys, workers=1, sqlite=True)
     }
     size = options.main_lookup_size
     with harness.database("sqlite_lookup", sqlite=True) as database:
@@ -829,8 +985,9 @@ def time_reconcile(database_url: str, size: int) -> tuple[float, float]:
 
 
 @contextlib.contextmanager
-def profiling(options: Options, harness: Harness, server: Server, name: str) -> Iterator[None]:
-    """With ``--profile``, py-spy samples the worker during the phase (collapsed stacks)."""
+def profiling(options: Options, server: Server, name: str, seconds: int) -> Iterator[None]:
+    """With ``--profile``, py-spy samples the worker for about ``seconds`` (raw collapsed
+    stacks)."""
     if not options.profile:
         yield
         return
@@ -845,7 +1002,7 @@ def profiling(options: Options, harness: Harness, server: Server, name: str) -> 
         "--pid",
         str(server.worker_pids()[0]),
         "--duration",
-        str(max(1, options.duration - 2)),
+        str(max(1, seconds - 1)),
         "--rate",
         "250",
         "--format",
@@ -870,7 +1027,19 @@ def profiling(options: Options, harness: Harness, server: Server, name: str) -> 
 
 def parse_options(argv: list[str] | None) -> Options:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--duration", type=int, default=15, help="seconds per measurement")
+    parser.add_argument(
+        "--duration",
+        type=int,
+        default=16,
+        help="seconds per measurement: per server and comparison, over all its rounds",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=4,
+        help="rounds per server in each comparison (service, reference, reference, service, ...),"
+        " each --duration/--rounds seconds; an even count cancels a steady drift exactly",
+    )
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1, help="wrk threads")
     parser.add_argument("--bodies", type=int, default=120_000, help="distinct signed webhooks")
@@ -886,11 +1055,17 @@ def parse_options(argv: list[str] | None) -> Options:
         default=100_000,
         help="connections for the service-vs-reference lookups (Postgres and SQLite)",
     )
-    parser.add_argument("--reconcile-sizes", default="10000,100000")
+    parser.add_argument(
+        "--reconcile-sizes",
+        default="10000",
+        help="connections listed by the fake Nango; add 100000",
+    )
     parser.add_argument("--admin-url", default=os.environ.get("BENCH_DATABASE_URL"))
     parser.add_argument("--log-level", default="info", help="the service's LOG_LEVEL")
     parser.add_argument("--pool-size", type=int, help="DATABASE_POOL_SIZE for the service")
-    parser.add_argument("--profile", action="store_true", help="py-spy every measured server")
+    parser.add_argument(
+        "--profile", action="store_true", help="py-spy one round of every measured server"
+    )
     parser.add_argument(
         "--skip",
         default="",
@@ -909,10 +1084,13 @@ def parse_options(argv: list[str] | None) -> Options:
     def numbers(text: str) -> list[int]:
         return [int(part) for part in text.split(",") if part.strip()]
 
+    if args.rounds < 1 or args.duration < 1:
+        parser.error("--rounds and --duration must be at least 1")
     skip = names(args.skip, (*PHASES, "reference"))
     only = names(args.only, PHASES) or set(PHASES)
     return Options(
         duration=args.duration,
+        rounds=args.rounds,
         connections=args.connections,
         threads=args.threads,
         bodies=args.bodies,
@@ -929,8 +1107,11 @@ def parse_options(argv: list[str] | None) -> Options:
     )
 
 
-def run(options: Options, harness: Harness) -> dict[str, Any]:
-    results: dict[str, Any] = {
+def _run_header(options: Options) -> dict[str, Any]:
+    for tool in ("wrk", "pgbench"):
+        if find_tool(tool) is None:
+            raise BenchError(f"{tool} is missing (Debian: apt-get install -y {tool})")
+    return {
         "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": {
             "cpus": os.cpu_count(),
@@ -943,15 +1124,20 @@ def run(options: Options, harness: Harness) -> dict[str, Any]:
             if key != "admin_url"
         },
     }
-    for tool in ("wrk", "pgbench"):
-        if find_tool(tool) is None:
-            raise BenchError(f"{tool} is missing (Debian: apt-get install -y {tool})")
+
+
+def run(options: Options, harness: Harness) -> dict[str, Any]:
+    results = _run_header(options)
     started = time.perf_counter()
     webhooks = harness.workdir / "webhooks.txt"
     keys = write_webhooks(webhooks, options.bodies, run_tag=harness.run_id)
-    say(f"{options.bodies} signed webhooks written in {time.perf_counter() - started:.1f}s")
+    slices = write_slices(webhooks, options.rounds)
+    say(
+        f"{options.bodies} signed webhooks written in {time.perf_counter() - started:.1f}s,"
+        f" in {options.rounds} slices (one per ingest round)"
+    )
 
-    # Service ÷ reference, each measured with the same requests in the same run.
+    # Service ÷ reference, measured in alternating rounds with the same requests.
     comparisons: dict[str, Any] = {}
     results["comparisons"] = comparisons
     if options.runs("http"):
@@ -960,21 +1146,18 @@ def run(options: Options, harness: Harness) -> dict[str, Any]:
         results["db_ceiling"] = db_ceiling(options, harness)
     if options.runs("ingest"):
         for workers in options.workers:
-            comparisons[f"postgres_ingest_{workers}w"] = {
-                "label": f"Postgres webhook ingest, {workers} worker{'s' if workers > 1 else ''}",
-                **{
-                    kind: ingest(options, harness, webhooks, keys, kind=kind, workers=workers)
-                    for kind in options.kinds
-                },
-            }
+            comparisons[f"postgres_ingest_{workers}w"] = ingest_pair(
+                options, harness, slices, keys, workers=workers
+            )
     if any(options.runs(phase) for phase in (*ROUTES, "scale")):
         results["lookup_scale"] = lookups(options, harness, comparisons)
     if options.runs("sqlite"):
-        comparisons.update(sqlite_phase(options, harness, webhooks, keys))
+        comparisons.update(sqlite_phase(options, harness, slices, keys))
     if options.runs("reconcile"):
         results["reconcile"] = reconcile(options, harness)
     for comparison in comparisons.values():
         comparison["ratio"] = ratio(comparison.get("service"), comparison.get("reference"))
+        comparison["round_ratios"] = round_ratios(comparison)
     results["seconds"] = round(time.perf_counter() - started)
     results["targets"] = verdicts(results)
     return results

@@ -123,7 +123,7 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def sync_engine(database_url: str) -> Iterator[Engine]:
     """A synchronous engine on the test database, for arranging and inspecting rows."""
-    engine = create_engine(database_url.replace("sqlite+aiosqlite", "sqlite", 1))
+    engine = create_engine(database_url)
     yield engine
     engine.dispose()
 

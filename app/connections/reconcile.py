@@ -91,7 +91,8 @@ SUCCEEDED_SINCE = sql(
 LIVE_BEFORE = sql(
     "SELECT id, integration_id, connection_id FROM connections"
     " WHERE environment = :environment AND status IN ('active', 'auth_error')"
-    " AND updated_at < :started"
+    " AND updated_at < :started",
+    prepare=False,
 )
 
 
@@ -322,6 +323,8 @@ def _known_statement(count: int) -> Statement:
     return sql(
         f"SELECT {COLUMNS} FROM connections WHERE connection_id IN ({placeholders})",  # noqa: S608
         lock=True,
+        # Planned afresh: a first reconcile grows the table from empty (see sql()).
+        prepare=False,
     )
 
 

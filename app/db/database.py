@@ -69,29 +69,35 @@ def is_missing_table(error: BaseException) -> bool:
 class Statement:
     """One SQL statement, rendered once for each driver."""
 
-    __slots__ = ("postgres", "sqlite")
+    __slots__ = ("postgres", "prepare", "sqlite")
 
-    def __init__(self, postgres: str, sqlite: str) -> None:
+    def __init__(self, postgres: str, sqlite: str, prepare: bool | None = None) -> None:
         self.postgres = postgres
         self.sqlite = sqlite
+        self.prepare = prepare
 
     def __repr__(self) -> str:
         return f"Statement({self.sqlite!r})"
 
 
-def sql(text: str, *, lock: bool = False, postgres: str | None = None) -> Statement:
+def sql(
+    text: str, *, lock: bool = False, postgres: str | None = None, prepare: bool | None = None
+) -> Statement:
     """A statement with ``:name`` parameters, shared by both databases.
 
     ``lock=True`` appends ``FOR UPDATE`` on Postgres: SQLite writers hold the database's write
     lock for the whole transaction already. ``postgres`` replaces the text where the two
-    dialects cannot share one (rare; say why beside it).
+    dialects cannot share one (rare; say why beside it). Postgres prepares a statement after
+    its fifth run on a connection and may then keep a generic plan made while a table was small;
+    ``prepare=False`` plans it afresh every time, for statements that run while a table grows
+    from empty (a first reconcile) and are not on a hot path.
     """
     pg_text = postgres if postgres is not None else text
     if lock:
         pg_text += " FOR UPDATE"
     # psycopg's placeholders are %(name)s, so a literal % must be doubled.
     pg_text = _PARAMETER.sub(r"%(\1)s", pg_text.replace("%", "%%"))
-    return Statement(postgres=pg_text, sqlite=text)
+    return Statement(postgres=pg_text, sqlite=text, prepare=prepare)
 
 
 class Transaction(Protocol):
@@ -296,7 +302,7 @@ class _PostgresUnit:
         await self._take()
         if self._write:
             try:
-                await self._first(b"BEGIN", None)
+                await self._first(b"BEGIN", None, prepare=False)
             except BaseException:
                 await self._database.pool.putconn(self._connection)
                 raise
@@ -307,22 +313,22 @@ class _PostgresUnit:
         self._cursor = self._connection.cursor()
         self._fresh = True
 
-    async def _first(self, query: str | bytes, params: Params | None) -> None:
+    async def _first(self, query: str | bytes, params: Params | None, prepare: bool | None) -> None:
         try:
-            await self._cursor.execute(query, params, prepare=False if params is None else None)
+            await self._cursor.execute(query, params, prepare=prepare)
         except psycopg.OperationalError:
             if not self._connection.broken:
                 raise
             await self._database.pool.putconn(self._connection)
             await self._take()
-            await self._cursor.execute(query, params, prepare=False if params is None else None)
+            await self._cursor.execute(query, params, prepare=prepare)
         self._fresh = False
 
     async def _send(self, statement: Statement, params: Params | None) -> None:
         if self._fresh:
-            await self._first(statement.postgres, params)
+            await self._first(statement.postgres, params, statement.prepare)
         else:
-            await self._cursor.execute(statement.postgres, params)
+            await self._cursor.execute(statement.postgres, params, prepare=statement.prepare)
 
     async def execute(self, statement: Statement, params: Params | None = None) -> None:
         await self._send(statement, params)

@@ -8,9 +8,6 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
-from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 
@@ -34,11 +31,3 @@ def downgrade(database_url: str, revision: str) -> None:
 @cache
 def head_revision() -> str | None:
     return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
-
-
-async def current_revision(connection: AsyncConnection) -> str | None:
-    try:
-        result = await connection.execute(text("SELECT version_num FROM alembic_version"))
-    except DBAPIError:
-        return None
-    return result.scalar_one_or_none()
