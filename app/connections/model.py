@@ -21,6 +21,18 @@ MAX_TAGS = 10  # Nango's limit per connection
 MAX_TEXT = 255
 # Nango's rule for tag keys (POST /connect/sessions); Nango stores and reports them lowercased.
 TAG_KEY = re.compile(r"^[a-zA-Z][a-zA-Z0-9_\-./]*$")
+# Nango's integration IDs (providerConfigKey; docs/nango.md, Corrections 7).
+INTEGRATION_ID = re.compile(r"^[a-zA-Z0-9~:.@ _-]{1,255}$")
+# The email check Nango applies to end_user_email (zod 4's z.string().email(), with .min(5);
+# docs/nango.md, Corrections 7): ASCII, a top-level domain of at least two letters.
+EMAIL = re.compile(
+    r"(?!\.)(?!.*\.\.)([A-Za-z0-9_'+\-.]*)[A-Za-z0-9_+-]@([A-Za-z0-9][A-Za-z0-9\-]*\.)+[A-Za-z]{2,}"
+)
+
+
+def is_email(value: str) -> bool:
+    """Whether Nango takes ``value`` as an email address."""
+    return len(value) >= 5 and EMAIL.fullmatch(value) is not None
 
 
 class ConnectionStatus(StrEnum):

@@ -69,6 +69,13 @@ def test_connect_session_sends_tags_and_answers_201(
         ({"end_user_id": "u", "unknown": 1}, "unknown"),
         ({"end_user_id": 5}, "end_user_id"),
         ({"end_user_id": "u", "allowed_integrations": "github"}, "allowed_integrations"),
+        # Nango's own rules (docs/nango.md, Corrections 7): refused here, not by Nango with a 502.
+        ({"end_user_id": "u", "allowed_integrations": ["git/hub"]}, "allowed_integrations"),
+        ({"end_user_id": "u", "allowed_integrations": ["g" * 256]}, "allowed_integrations"),
+        ({"end_user_id": "u", "end_user_email": "a@b.c"}, "end_user_email"),  # 1-letter TLD
+        ({"end_user_id": "u", "end_user_email": "ad\u00e9@x.io"}, "end_user_email"),  # not ASCII
+        ({"end_user_id": "u", "end_user_email": "a..b@x.io"}, "end_user_email"),
+        ({"end_user_id": "u", "tags": {"Team": "a", "team": "b"}}, "tags"),  # collide lowercased
         (
             {
                 "end_user_id": "u",
