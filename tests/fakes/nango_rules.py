@@ -216,6 +216,14 @@ def session_body(body: object, *, reconnect: bool) -> tuple[dict[str, Any], Issu
     elif "end_user" not in body and "tags" not in body:
         # bodySchema wants end_user; only a body with tags may go without it.
         issues.add(["end_user"], "Invalid input: expected object, received undefined")
+    _session_parts(body, issues)
+    if "tags" in body:
+        checked["tags"] = tags(body["tags"], ["tags"], issues)
+    return checked, issues
+
+
+def _session_parts(body: Mapping[str, Any], issues: Issues) -> None:
+    """The optional parts of a session body, each checked by its own schema."""
     if "end_user" in body:
         end_user(body["end_user"], ["end_user"], issues)
     if "organization" in body:
@@ -231,9 +239,6 @@ def session_body(body: object, *, reconnect: bool) -> tuple[dict[str, Any], Issu
             _integration_record(body[key], [key], issues, strict=key != "overrides")
     if "webhook_url_override" in body and body["webhook_url_override"] != "":
         webhook_url(body["webhook_url_override"], ["webhook_url_override"], issues)
-    if "tags" in body:
-        checked["tags"] = tags(body["tags"], ["tags"], issues)
-    return checked, issues
 
 
 def patch_connection_body(body: object) -> Issues:
