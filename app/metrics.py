@@ -27,6 +27,12 @@ RECONCILE_RUNS = Counter(
     "Reconciliation runs by trigger and result",
     ["trigger", "status"],
 )
+DETAIL_FETCHES = Counter(
+    "nango_registry_connection_detail_fetches",
+    "Background fetches of a connection's configuration and metadata after a webhook, by"
+    " outcome (fetched, unknown, failed, dropped)",
+    ["outcome"],
+)
 DATABASE_ERRORS = Counter(
     "nango_registry_database_errors",
     "Database operations that failed (answered 503)",

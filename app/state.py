@@ -13,6 +13,7 @@ from app.settings import Settings
 
 if TYPE_CHECKING:
     from app.api.keys import ApiKeyCache
+    from app.connections.detail_fetches import DetailFetches
     from app.nango.client import NangoClient
 
 
@@ -24,6 +25,8 @@ class AppState:
     nango: NangoClient
     # Tasks started at start-up and cancelled at shutdown.
     background: list[asyncio.Task[None]] = field(default_factory=list)
+    # Configuration and metadata fetched after webhooks (closed at shutdown); None: not fetched.
+    details: DetailFetches | None = None
 
 
 def app_state(connection: HTTPConnection) -> AppState:

@@ -34,6 +34,7 @@ async def start_reconcile(request: Request) -> JSONResponse:
                 nango=state.nango,
                 environment=state.settings.nango_environment,
                 trigger="api",
+                details_per_run=state.settings.reconcile_details_per_run,
             )
         except ReconcileBusy as error:
             raise Conflict(str(error), code="reconcile_running") from None
