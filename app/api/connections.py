@@ -50,7 +50,16 @@ from app.connections.model import (
 )
 from app.connections.queries import ConnectionFilters
 from app.db.database import Transaction
-from app.errors import BadRequest, Conflict, NotFound
+from app.errors import (
+    CONNECTION_NOT_FOUND,
+    DELETED,
+    TOO_MANY_TAGS,
+    UNATTRIBUTED,
+    UNKNOWN_AT_NANGO,
+    BadRequest,
+    Conflict,
+    NotFound,
+)
 from app.logs import get_logger
 from app.metrics import LOOKUPS
 from app.nango.client import NangoRejected
@@ -126,7 +135,7 @@ async def _addressed(tx: Transaction, request: Request, selector: Selector) -> C
     """The connection the path (and ``integration_id`` / ``environment``) names."""
     connection_id: str = request.path_params["connection_id"]
     if "\x00" in connection_id:  # Postgres text cannot hold NUL: no such connection is stored
-        raise NotFound(f"no connection {connection_id!r}", code="connection_not_found")
+        raise NotFound(f"no connection {connection_id!r}", code=CONNECTION_NOT_FOUND)
     return await queries.load_connection(
         tx,
         connection_id=connection_id,
@@ -202,7 +211,7 @@ async def _addressed_here(request: Request, integration_id: str | None) -> Conne
     state = app_state(request)
     if integration_id is not None and "\x00" in integration_id:
         # A body's integration_id is checked as text only; Postgres text cannot hold NUL.
-        raise NotFound(f"no integration {integration_id!r}", code="connection_not_found")
+        raise NotFound(f"no integration {integration_id!r}", code=CONNECTION_NOT_FOUND)
     async with state.database.reader() as tx:
         return await _addressed(
             tx,
@@ -304,14 +313,14 @@ class ReconnectSession(HTTPEndpoint):
 
 async def _reconnect(request: Request, connection: Connection) -> dict[str, Any]:
     if connection.status == ConnectionStatus.DELETED:
-        raise Conflict("the connection is deleted: start a new Connect session", code="deleted")
+        raise Conflict("the connection is deleted: start a new Connect session", code=DELETED)
     tags = reconnect_tags(connection)
     if not tags:
         # The new session would carry no owner: better to say so than to re-authorize a
         # connection nobody here can attribute.
         raise Conflict(
             "the connection has no owner or tags to send again; import or reconcile it first",
-            code="unattributed",
+            code=UNATTRIBUTED,
         )
     body = {
         "connection_id": connection.connection_id,
@@ -328,13 +337,13 @@ async def _reconnect(request: Request, connection: Connection) -> dict[str, Any]
             # failure, and not something a retry fixes.
             raise NotFound(
                 "Nango no longer has this connection; `reconcile` marks it deleted",
-                code="unknown_at_nango",
+                code=UNKNOWN_AT_NANGO,
             ) from None
 
 
 def _live(connection: Connection) -> Connection:
     if connection.status == ConnectionStatus.DELETED:
-        raise Conflict("the connection is deleted: start a new Connect session", code="deleted")
+        raise Conflict("the connection is deleted: start a new Connect session", code=DELETED)
     return connection
 
 
@@ -347,10 +356,10 @@ def _details_errors() -> Iterator[None]:
         except details.UnknownAtNango:
             raise NotFound(
                 "Nango no longer has this connection; `reconcile` marks it deleted",
-                code="unknown_at_nango",
+                code=UNKNOWN_AT_NANGO,
             ) from None
         except details.TagsRefused as error:
-            raise BadRequest(str(error), code="too_many_tags") from None
+            raise BadRequest(str(error), code=TOO_MANY_TAGS) from None
 
 
 class ConnectionRefresh(HTTPEndpoint):
