@@ -52,6 +52,7 @@ def add_connection(engine: Engine, **fields: Any) -> int:
 
 
 def add_delivery(engine: Engine, **fields: Any) -> int:
+    """Store a delivery as the inbox would (an applied auth creation unless told)."""
     n = next(_sequence)
     values: dict[str, Any] = {
         "dedupe_key": f"dedupe-{n}",
@@ -60,8 +61,11 @@ def add_delivery(engine: Engine, **fields: Any) -> int:
         "success": True,
         "environment": "prod",
         "integration_id": "github",
-        "body": "{}",
+        "connection_id": "conn-1",
+        "body": '{"type":"auth"}',
+        "headers": {"content-type": "application/json"},
         "outcome": "applied",
+        "attempts": 1,
         "received_at": BASE_TIME + timedelta(minutes=n),
     }
     values.update(fields)
