@@ -19,7 +19,7 @@ from tests import secret_scan
 from tests.conftest import TABLES
 from tests.fakes.nango import CREDENTIAL_MARKER, FakeNango
 from tests.nango.clients import reconcile_over_http
-from tests.rows import connection_row, events, insert_connection
+from tests.rows import add_connection, connection_row, history
 from tests.webhooks.helpers import auth_body, signed_headers
 
 secret_scan.register_secret(CREDENTIAL_MARKER)
@@ -61,9 +61,9 @@ def post_webhook(client: TestClient, body: bytes) -> None:
     assert response.status_code == 200, response.text
 
 
-def history(engine: Engine, connection_id: str) -> list[tuple[str, str]]:
+def actions(engine: Engine, connection_id: str) -> list[tuple[str, str]]:
     pk = connection_row(engine, connection_id).id
-    return [(e.source, e.action) for e in events(engine) if e.connection_pk == pk]
+    return [(e.source, e.action) for e in history(engine) if e.connection_pk == pk]
 
 
 # After a webhook ----------------------------------------------------------------------------
@@ -79,7 +79,7 @@ def test_a_creation_webhook_brings_config_and_metadata_in_the_background(
 
     row = connection_row(sync_engine, "zd-1")
     assert (row.connection_config, row.metadata) == (KEPT_CONFIG, METADATA)
-    assert history(sync_engine, "zd-1") == [("webhook", "creation"), ("webhook", "details")]
+    assert actions(sync_engine, "zd-1") == [("webhook", "creation"), ("webhook", "details")]
     gets = fake_nango.requests_to("GET", "/connections/zd-1")
     assert [r.query for r in gets] == [{"provider_config_key": "github"}]
 
@@ -141,8 +141,8 @@ def test_reconcile_fills_in_what_is_missing_from_the_listing_and_one_get_each(
     fake_nango.add_connection(connection_id="new", connection_config=CONFIG, metadata=METADATA)
     fake_nango.add_connection(connection_id="known", connection_config={"region": "us"})
     fake_nango.add_connection(connection_id="done", connection_config={"region": "eu"})
-    insert_connection(sync_engine, connection_id="known", updated_at=HOUR_AGO)
-    insert_connection(
+    add_connection(sync_engine, connection_id="known", updated_at=HOUR_AGO)
+    add_connection(
         sync_engine,
         connection_id="done",
         updated_at=HOUR_AGO,
@@ -160,8 +160,8 @@ def test_reconcile_fills_in_what_is_missing_from_the_listing_and_one_get_each(
     # The listing says "done" has no metadata any more; its config was known: no GET.
     assert (done.connection_config, done.metadata) == ({"region": "eu"}, {})
     assert fake_nango.requests_to("GET", "/connections/done") == []
-    assert history(sync_engine, "known") == [("reconcile", "details"), ("reconcile", "details")]
-    assert history(sync_engine, "done") == [("reconcile", "details")]
+    assert actions(sync_engine, "known") == [("reconcile", "details"), ("reconcile", "details")]
+    assert actions(sync_engine, "done") == [("reconcile", "details")]
     # The next run has nothing left to fetch.
     assert reconcile_over_http(api, auth_headers)["details"] == 0
 
@@ -199,7 +199,7 @@ def test_refresh_rereads_status_owner_config_and_metadata(
         connection_config=CONFIG,
         metadata=METADATA,
     )
-    insert_connection(sync_engine, connection_id="c1", updated_at=HOUR_AGO, tags={"team": "a"})
+    add_connection(sync_engine, connection_id="c1", updated_at=HOUR_AGO, tags={"team": "a"})
 
     response = api.post("/v1/connections/c1/refresh", headers=auth_headers)
 
@@ -209,28 +209,28 @@ def test_refresh_rereads_status_owner_config_and_metadata(
     assert data["end_user"]["id"] == "u1"
     assert data["tags"] == {"team": "a", "end_user_id": "u1", "plan": "pro"}
     assert (data["connection_config"], data["metadata"]) == (KEPT_CONFIG, METADATA)
-    [event] = [e for e in events(sync_engine) if e.action == "refresh"]
+    [event] = [e for e in history(sync_engine) if e.action == "refresh"]
     assert (event.source, event.from_status, event.to_status) == ("api", "active", "auth_error")
     assert event.detail == {
         "changed": ["status", "owner", "connection_config", "metadata"],
     }
     # Nothing new: nothing recorded.
     assert api.post("/v1/connections/c1/refresh", headers=auth_headers).status_code == 200
-    assert len([e for e in events(sync_engine) if e.action == "refresh"]) == 1
+    assert len([e for e in history(sync_engine) if e.action == "refresh"]) == 1
 
 
 def test_refresh_marks_deleted_what_nango_lacks_and_restores_what_it_has(
     api: TestClient, auth_headers: dict[str, str], fake_nango: FakeNango, sync_engine: Engine
 ) -> None:
-    insert_connection(sync_engine, connection_id="gone")
+    add_connection(sync_engine, connection_id="gone")
     response = api.post("/v1/connections/gone/refresh", headers=auth_headers)
     assert response.json()["data"]["status"] == "deleted"
 
     fake_nango.add_connection(connection_id="back")
-    insert_connection(sync_engine, connection_id="back", status="deleted", deleted_at=HOUR_AGO)
+    add_connection(sync_engine, connection_id="back", status="deleted", deleted_at=HOUR_AGO)
     data = api.post("/v1/connections/back/refresh", headers=auth_headers).json()["data"]
     assert (data["status"], data["deleted_at"]) == ("active", None)
-    assert history(sync_engine, "back") == [("api", "refresh")]
+    assert actions(sync_engine, "back") == [("api", "refresh")]
 
 
 # Metadata -----------------------------------------------------------------------------------
@@ -240,7 +240,7 @@ def test_metadata_merge_and_replace_at_nango_and_here(
     api: TestClient, auth_headers: dict[str, str], fake_nango: FakeNango, sync_engine: Engine
 ) -> None:
     at_nango = fake_nango.add_connection(connection_id="c1", metadata={"a": 1, "b": {"x": 1}})
-    insert_connection(sync_engine, connection_id="c1")  # metadata not known here yet
+    add_connection(sync_engine, connection_id="c1")  # metadata not known here yet
     url = "/v1/connections/c1/metadata"
 
     merged = api.patch(url, headers=auth_headers, json={"metadata": {"b": {"y": 2}, "c": 3}})
@@ -258,7 +258,7 @@ def test_metadata_merge_and_replace_at_nango_and_here(
     assert again.json()["data"]["metadata"] == {**expected, "d": 4} == at_nango.metadata
     replaced = api.put(url, headers=auth_headers, json={"metadata": {"only": True}})
     assert replaced.json()["data"]["metadata"] == {"only": True} == at_nango.metadata
-    assert history(sync_engine, "c1") == [
+    assert actions(sync_engine, "c1") == [
         ("api", "metadata_merge"),
         ("api", "metadata_merge"),
         ("api", "metadata_replace"),
@@ -283,7 +283,7 @@ def test_metadata_bodies_are_checked_before_nango(
     status: int,
     code: str,
 ) -> None:
-    insert_connection(sync_engine, connection_id="c1")
+    add_connection(sync_engine, connection_id="c1")
     response = api.put("/v1/connections/c1/metadata", headers=auth_headers, json=body)
     assert (response.status_code, response.json()["error"]["code"]) == (status, code)
     assert fake_nango.requests == []
@@ -292,8 +292,8 @@ def test_metadata_bodies_are_checked_before_nango(
 def test_writes_to_a_connection_nango_lacks_or_a_deleted_one_are_refused(
     api: TestClient, auth_headers: dict[str, str], fake_nango: FakeNango, sync_engine: Engine
 ) -> None:
-    insert_connection(sync_engine, connection_id="missing")
-    insert_connection(sync_engine, connection_id="tomb", status="deleted", deleted_at=HOUR_AGO)
+    add_connection(sync_engine, connection_id="missing")
+    add_connection(sync_engine, connection_id="tomb", status="deleted", deleted_at=HOUR_AGO)
     for method, path, body in (
         ("PATCH", "/metadata", {"metadata": {"a": 1}}),
         ("PUT", "/metadata", {"metadata": {"a": 1}}),
@@ -305,7 +305,7 @@ def test_writes_to_a_connection_nango_lacks_or_a_deleted_one_are_refused(
         assert (missing.status_code, missing.json()["error"]["code"]) == (404, "unknown_at_nango")
         tomb = api.request(method, f"/v1/connections/tomb{path}", headers=auth_headers, json=body)
         assert (tomb.status_code, tomb.json()["error"]["code"]) == (409, "deleted")
-    assert not [e for e in events(sync_engine)]
+    assert not [e for e in history(sync_engine)]
 
 
 def test_writes_need_a_full_access_key(
@@ -315,7 +315,7 @@ def test_writes_need_a_full_access_key(
     with Session(sync_engine) as session:
         session.add(ApiKeyTable(name="dashboard", key_hash=hash_key(secret), read_only=True))
         session.commit()
-    insert_connection(sync_engine, connection_id="c1")
+    add_connection(sync_engine, connection_id="c1")
     headers = {"Authorization": f"Bearer {secret}"}
     for method, path in (("POST", "/refresh"), ("PUT", "/metadata"), ("PATCH", "")):
         response = api.request(method, f"/v1/connections/c1{path}", headers=headers, json={})
@@ -330,7 +330,7 @@ def test_an_operator_attributes_a_connection_and_the_next_reconcile_keeps_it(
     api: TestClient, auth_headers: dict[str, str], fake_nango: FakeNango, sync_engine: Engine
 ) -> None:
     at_nango = fake_nango.add_connection(connection_id="c1", tags={"team": "a", "old": "x"})
-    insert_connection(
+    add_connection(
         sync_engine, connection_id="c1", updated_at=HOUR_AGO, tags={"team": "a", "old": "x"}
     )
     body = {
@@ -354,7 +354,7 @@ def test_an_operator_attributes_a_connection_and_the_next_reconcile_keeps_it(
     [patch] = fake_nango.requests_to("PATCH", "/connections/c1")
     assert patch.body == {"tags": sent}  # the whole set: Nango replaces the tags
     assert at_nango.tags == sent == data["tags"]
-    [event] = [e for e in events(sync_engine) if e.action == "update"]
+    [event] = [e for e in history(sync_engine) if e.action == "update"]
     assert event.detail == {"changed": ["end_user_id", "end_user_email", "organization_id", "tags"]}
 
     reconcile_over_http(api, auth_headers)
@@ -386,7 +386,7 @@ def test_update_bodies_are_checked_before_nango(
     body: dict[str, Any],
     field: str,
 ) -> None:
-    insert_connection(sync_engine, connection_id="c1")
+    add_connection(sync_engine, connection_id="c1")
     response = api.patch("/v1/connections/c1", headers=auth_headers, json=body)
     assert response.status_code == 400, response.text
     assert response.json()["error"]["details"]["errors"][0]["field"].startswith(field)
@@ -397,7 +397,7 @@ def test_more_than_ten_tags_in_all_are_refused_before_nango(
     api: TestClient, auth_headers: dict[str, str], fake_nango: FakeNango, sync_engine: Engine
 ) -> None:
     stored = {f"t{i}": "v" for i in range(8)} | {"bad key": "kept here, not sent"}
-    insert_connection(sync_engine, connection_id="c1", end_user_id="u1", tags=stored)
+    add_connection(sync_engine, connection_id="c1", end_user_id="u1", tags=stored)
     body = {"tags": {"t8": "v", "t9": "v"}}
     response = api.patch("/v1/connections/c1", headers=auth_headers, json=body)
     assert (response.status_code, response.json()["error"]["code"]) == (400, "too_many_tags")
@@ -408,7 +408,7 @@ def test_a_stored_email_nango_would_refuse_is_not_sent(
     api: TestClient, auth_headers: dict[str, str], fake_nango: FakeNango, sync_engine: Engine
 ) -> None:
     fake_nango.add_connection(connection_id="c1")
-    insert_connection(sync_engine, connection_id="c1", end_user_email="legacy-import")
+    add_connection(sync_engine, connection_id="c1", end_user_email="legacy-import")
     response = api.patch("/v1/connections/c1", headers=auth_headers, json={"end_user_id": "u1"})
     assert response.status_code == 200, response.text
     [patch] = fake_nango.requests_to("PATCH", "/connections/c1")
