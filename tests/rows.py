@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,6 +14,8 @@ import app.db.tables  # noqa: F401  (registers the tables on the metadata)
 CONNECTIONS = SQLModel.metadata.tables["connections"]
 EVENTS = SQLModel.metadata.tables["connection_events"]
 FEED = SQLModel.metadata.tables["feed_events"]
+DELIVERIES = SQLModel.metadata.tables["deliveries"]
+_DELIVERY_KEYS = itertools.count()
 
 
 def insert_connection(engine: Engine, **values: Any) -> None:
@@ -62,3 +65,25 @@ def feed(engine: Engine) -> list[Any]:
 def feed_types(engine: Engine) -> list[tuple[str, str, str]]:
     """(type, source, connection ID) of every feed event, oldest first."""
     return [(row.type, row.source, row.connection["connection_id"]) for row in feed(engine)]
+
+
+def insert_delivery(engine: Engine, **values: Any) -> int:
+    """Store a delivery as the inbox would (an applied auth creation unless told); its ID."""
+    row = {
+        "dedupe_key": f"test-delivery-{next(_DELIVERY_KEYS)}",
+        "received_at": datetime.now(UTC),
+        "webhook_type": "auth",
+        "operation": "creation",
+        "success": True,
+        "environment": "prod",
+        "integration_id": "github",
+        "connection_id": "conn-1",
+        "body": '{"type":"auth"}',
+        "headers": {"content-type": "application/json"},
+        "outcome": "applied",
+        "attempts": 1,
+        **values,
+    }
+    with engine.begin() as conn:
+        inserted = conn.execute(insert(DELIVERIES).values(row).returning(DELIVERIES.c.id))
+        return int(inserted.scalar_one())
