@@ -121,7 +121,8 @@ async def _record(
     now: datetime,
     from_status: str | None = None,
 ) -> None:
-    """Save the connection and record one history row naming what changed."""
+    """Save the connection and record one history row naming what changed (the store also
+    publishes it to the change feed: app.connections.feed)."""
     connection.updated_at = now
     await store.save(tx, connection)
     row = store.history_row(
@@ -130,9 +131,11 @@ async def _record(
         action=action,
         success=True,
         from_status=from_status,
-        to_status=connection.status,
+        # Statuses only where one may have changed: a pair names a transition to the feed.
+        to_status=None if from_status is None else connection.status,
         detail={"changed": changed},
         now=now,
+        owner_changed=bool({"owner", *ATTRIBUTION_FIELDS}.intersection(changed)),
     )
     await store.record_history(tx, [row])
 

@@ -19,7 +19,7 @@ from tests import secret_scan
 from tests.conftest import TABLES
 from tests.fakes.nango import CREDENTIAL_MARKER, FakeNango
 from tests.nango.clients import reconcile_over_http
-from tests.rows import add_connection, connection_row, history
+from tests.rows import add_connection, connection_row, feed_types, history
 from tests.webhooks.helpers import auth_body, signed_headers
 
 secret_scan.register_secret(CREDENTIAL_MARKER)
@@ -214,6 +214,11 @@ def test_refresh_rereads_status_owner_config_and_metadata(
     assert event.detail == {
         "changed": ["status", "owner", "connection_config", "metadata"],
     }
+    assert [kind for kind, _, _ in feed_types(sync_engine)] == [
+        "connection.auth_error",
+        "connection.attributed",
+        "connection.metadata_updated",
+    ]
     # Nothing new: nothing recorded.
     assert api.post("/v1/connections/c1/refresh", headers=auth_headers).status_code == 200
     assert len([e for e in history(sync_engine) if e.action == "refresh"]) == 1
@@ -264,6 +269,8 @@ def test_metadata_merge_and_replace_at_nango_and_here(
         ("api", "metadata_replace"),
     ]
     assert connection_row(sync_engine, "c1").metadata == {"only": True}
+    # Each write is published to the change feed, with the connection as served.
+    assert feed_types(sync_engine) == [("connection.metadata_updated", "api", "c1")] * 3
 
 
 @pytest.mark.parametrize(
@@ -356,6 +363,7 @@ def test_an_operator_attributes_a_connection_and_the_next_reconcile_keeps_it(
     assert at_nango.tags == sent == data["tags"]
     [event] = [e for e in history(sync_engine) if e.action == "update"]
     assert event.detail == {"changed": ["end_user_id", "end_user_email", "organization_id", "tags"]}
+    assert feed_types(sync_engine) == [("connection.attributed", "api", "c1")]
 
     reconcile_over_http(api, auth_headers)
     assert connection_row(sync_engine, "c1").end_user_id == "u7"
