@@ -15,6 +15,7 @@ from app.api import (
     openapi,
     reconciliation,
 )
+from app.console.routes import console_routes
 from app.errors import EXCEPTION_HANDLERS
 from app.lifespan import lifespan_for
 from app.middleware import RawPathRouting, RequestContextMiddleware
@@ -39,7 +40,7 @@ def create_app(
 ) -> Starlette:
     """``nango_transport`` replaces the network under the Nango client (tests pass a fake Nango)."""
     return Starlette(
-        routes=ROUTES,
+        routes=[*ROUTES, *console_routes(settings)],
         middleware=[Middleware(RequestContextMiddleware), Middleware(RawPathRouting)],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan_for(settings, nango_transport=nango_transport),

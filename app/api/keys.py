@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -43,6 +44,16 @@ ALL_KEYS = sql(
 )
 FIND_KEY = sql("SELECT revoked_at FROM api_keys WHERE name = :name", lock=True)
 REVOKE_KEY = sql("UPDATE api_keys SET revoked_at = :now WHERE name = :name")
+
+
+# Names appear in every access-log line, so they are kept to plain tokens; "env:" names the
+# keys from REGISTRY_API_KEYS.
+_KEY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")
+KEY_NAME_RULE = "letters, digits and ._- only, starting with a letter or digit"
+
+
+def valid_key_name(name: str) -> bool:
+    return _KEY_NAME.match(name) is not None
 
 
 @dataclass(frozen=True, slots=True)
