@@ -18,6 +18,7 @@ from starlette.applications import Starlette
 
 from app.api.keys import ApiKeyCache, configured_key_hashes
 from app.connections.reconcile import run_schedule
+from app.console.figures import start_figures
 from app.db.database import create_database
 from app.logs import get_logger
 from app.nango.client import NangoClient
@@ -66,6 +67,8 @@ def lifespan_for(
         schedule = _start_reconcile_schedule(state)
         if schedule is not None:
             state.background.append(schedule)
+        if settings.console_enabled:
+            state.background.append(start_figures(state))
         # Everything built so far (modules, settings, pools) lives as long as the process: kept
         # out of the garbage collector's generations, a full collection no longer walks it,
         # which took tens of milliseconds and made the latency tail (measured with make bench).

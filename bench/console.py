@@ -58,9 +58,9 @@ FROM generate_series(0, %(connections)s - 1) AS i
 # A few broken, deleted and unowned connections, as a real registry has.
 SEED_STATES = [
     "UPDATE connections SET status = 'auth_error', error_type = 'refresh_token_external_error'"
-    " WHERE id %% 200 = 3",
-    "UPDATE connections SET status = 'deleted', deleted_at = now() WHERE id %% 500 = 4",
-    "UPDATE connections SET end_user_id = NULL, organization_id = NULL WHERE id %% 1000 = 5",
+    " WHERE id % 200 = 3",
+    "UPDATE connections SET status = 'deleted', deleted_at = now() WHERE id % 500 = 4",
+    "UPDATE connections SET end_user_id = NULL, organization_id = NULL WHERE id % 1000 = 5",
 ]
 
 

@@ -3,9 +3,10 @@
 
 Counting a million connections by status takes tens of milliseconds on Postgres and more on
 SQLite; a page that waited for it on every view would not stay under the console's 300 ms.
-The first view of a process waits once; after that a view never waits for a count: when the
-figures are older than the setting, the page shows them (with their age) and one task
-recomputes them.
+The first computation starts with the process (``start_figures``), so the first view finds the
+figures ready or waits for the one computation under way; after that a view never waits for a
+count: when the figures are older than the setting, the page shows them (with their age) and
+one task recomputes them.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from app.db.database import Database, sql
 from app.db.types import utcnow
 from app.logs import get_logger
 from app.metrics import collect
+from app.state import AppState
 
 log = get_logger(__name__)
 
@@ -91,7 +93,14 @@ class FigureCache:
     loaded_at: float = field(default=-1e18)
     refreshing: asyncio.Task[None] | None = None
 
+    def prime(self, load: Callable[[], Awaitable[Figures]]) -> asyncio.Task[None]:
+        """Start computing now (at start-up), so that the first view finds the figures ready."""
+        self.refreshing = asyncio.create_task(self._refresh(load), name="console-figures")
+        return self.refreshing
+
     async def get(self, load: Callable[[], Awaitable[Figures]]) -> Figures:
+        if self.figures is None and self.refreshing is not None and not self.refreshing.done():
+            await asyncio.shield(self.refreshing)
         if self.figures is None:
             self.figures = await load()
             self.loaded_at = time.monotonic()
@@ -107,6 +116,12 @@ class FigureCache:
             self.loaded_at = time.monotonic()
         except Exception as error:  # the page keeps the last figures; the next view retries
             log.warning("console_figures_failed", error_type=type(error).__name__)
+
+
+def start_figures(state: AppState) -> asyncio.Task[None]:
+    """The console's figure cache, its first computation started (``lifespan``, console on)."""
+    state.console_figures = FigureCache(state.settings.console_cache_seconds)
+    return state.console_figures.prime(lambda: compute_figures(state.database))
 
 
 def signature_failures(multiprocess_dir: str | None) -> dict[str, int]:

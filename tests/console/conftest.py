@@ -60,3 +60,12 @@ def deliver(client: TestClient, **fields: Any) -> Any:
     response = client.post("/webhooks/nango", content=body, headers=signed_headers(body))
     assert response.status_code == 200, response.text
     return response.json()
+
+
+def fresh_overview(client: TestClient) -> Any:
+    """The overview with figures computed now (the app computed them once at start-up, and
+    would show those for ``CONSOLE_CACHE_SECONDS``)."""
+    state = client.app.state.registry  # type: ignore[attr-defined]
+    if state.console_figures is not None:
+        state.console_figures.figures = None
+    return client.get("/console/")

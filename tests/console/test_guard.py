@@ -28,8 +28,7 @@ def test_off_unless_both_are_set(make_client: Any, overrides: dict[str, str]) ->
 @pytest.mark.parametrize("path", PAGES)
 def test_no_credentials_is_401_with_a_challenge(make_console: Any, path: str) -> None:
     client: TestClient = make_console()
-    client.auth = None
-    response = client.get(path)
+    response = client.get(path, auth=None)
     assert response.status_code == 401
     assert response.headers["www-authenticate"].startswith('Basic realm="nango-registry console"')
     assert response.headers["x-frame-options"] == "DENY"
@@ -87,8 +86,7 @@ def test_static_files_are_served_behind_the_same_guard(console: TestClient) -> N
     script = console.get("/console/static/console.js")
     assert script.status_code == 200
     assert "clipboard" in script.text
-    console.auth = None
-    assert console.get("/console/static/console.css").status_code == 401
+    assert console.get("/console/static/console.css", auth=None).status_code == 401
 
 
 def test_the_rest_of_the_service_is_unchanged(console: TestClient) -> None:
@@ -107,9 +105,9 @@ def test_credentials_helpers() -> None:
     assert basic_credentials(None) is None
     assert basic_credentials("Basic b3A6cHc=") == ("op", "pw")
     assert basic_credentials("basic b3A6cDp3") == ("op", "p:w")  # a password may hold ":"
-    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None)
     assert not check_credentials(settings, "op", "pw")
-    on = Settings(console_username="op", console_password="pw", _env_file=None)  # type: ignore[call-arg]
+    on = Settings(console_username="op", console_password="pw", _env_file=None)
     assert check_credentials(on, "op", "pw")
     assert not check_credentials(on, "op", "pW")
     assert not check_credentials(on, "Op", "pw")

@@ -12,7 +12,7 @@ from starlette.testclient import TestClient
 
 import app.db.tables  # noqa: F401  (registers the tables on the metadata)
 from app.db.types import utcnow
-from tests.console.conftest import deliver
+from tests.console.conftest import deliver, fresh_overview
 
 RUNS = SQLModel.metadata.tables["reconcile_runs"]
 API_KEYS = SQLModel.metadata.tables["api_keys"]
@@ -41,7 +41,7 @@ def test_overview_shows_counts_chart_and_warnings(make_console: Any) -> None:
     assert "NANGO_WEBHOOK_SIGNING_KEYS is not set" in console.get("/console/").text
     console = make_console()
     _arrange(console)
-    page = console.get("/console/")
+    page = fresh_overview(console)
     assert page.status_code == 200
     body = page.text
     assert "RECONCILE_INTERVAL_SECONDS is not set" in body
@@ -66,7 +66,7 @@ def test_overview_shows_the_last_reconcile_run(console: TestClient, sync_engine:
                 counts={"seen": 12, "created": 3},
             )
         )
-    body = console.get("/console/").text
+    body = fresh_overview(console).text
     assert "created 3" in body
     assert "seen 12" in body
 
