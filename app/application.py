@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx2
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.routing import BaseRoute
 
 from app import probes
 from app.api import (
@@ -15,7 +16,6 @@ from app.api import (
     openapi,
     reconciliation,
 )
-from app.console.routes import console_routes
 from app.errors import EXCEPTION_HANDLERS
 from app.lifespan import lifespan_for
 from app.middleware import RawPathRouting, RequestContextMiddleware
@@ -33,6 +33,16 @@ ROUTES = [
     *probes.routes,
     *openapi.routes,
 ]
+
+
+def console_routes(settings: Settings) -> list[BaseRoute]:
+    """The operator console, when it is on; imported only then (Jinja2 and the templates are
+    not loaded by a service that does not serve it)."""
+    if not settings.console_enabled:
+        return []
+    from app.console.routes import console_mount
+
+    return [console_mount(settings)]
 
 
 def create_app(

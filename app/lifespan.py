@@ -18,7 +18,6 @@ from starlette.applications import Starlette
 
 from app.api.keys import ApiKeyCache, configured_key_hashes
 from app.connections.reconcile import run_schedule
-from app.console.figures import start_figures
 from app.db.database import create_database
 from app.logs import get_logger
 from app.nango.client import NangoClient
@@ -68,6 +67,8 @@ def lifespan_for(
         if schedule is not None:
             state.background.append(schedule)
         if settings.console_enabled:
+            from app.console.figures import start_figures  # only with the console on
+
             state.background.append(start_figures(state))
         # Everything built so far (modules, settings, pools) lives as long as the process: kept
         # out of the garbage collector's generations, a full collection no longer walks it,

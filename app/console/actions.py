@@ -19,7 +19,16 @@ from app.connections import queries
 from app.connections.model import Connection
 from app.console.rendering import render
 from app.console.web import Form, action, see_other
-from app.errors import BadRequest, Conflict, NotFound
+from app.errors import (
+    CONNECTION_NOT_FOUND,
+    DELIVERY_NOT_FOUND,
+    INVALID_BODY,
+    KEY_EXISTS,
+    KEY_NOT_FOUND,
+    BadRequest,
+    Conflict,
+    NotFound,
+)
 from app.logs import get_logger
 from app.state import AppState, app_state
 from app.webhooks.replay import replay_deliveries, replay_one
@@ -31,7 +40,7 @@ async def _connection(state: AppState, pk: int) -> Connection:
     async with state.database.reader() as tx:
         found = await queries.connection_by_pk(tx, pk=pk)
     if found is None:
-        raise NotFound(f"no connection #{pk}", code="connection_not_found")
+        raise NotFound(f"no connection #{pk}", code=CONNECTION_NOT_FOUND)
     return found
 
 
@@ -66,7 +75,7 @@ async def replay(request: Request, form: Form) -> Response:
         default_environment=state.settings.nango_environment,
     )
     if result.outcome == "missing":
-        raise NotFound(f"no delivery #{delivery_id}", code="delivery_not_found")
+        raise NotFound(f"no delivery #{delivery_id}", code=DELIVERY_NOT_FOUND)
     log.info("console_replayed", delivery_id=delivery_id, outcome=result.outcome)
     return see_other(request, "console:delivery", delivery_id=delivery_id, notice="replayed")
 
@@ -92,11 +101,11 @@ async def create_key(request: Request, form: Form) -> Response:
     state = app_state(request)
     name = form.get("name", "").strip()
     if not valid_key_name(name):
-        raise BadRequest(f"name: {KEY_NAME_RULE}", code="invalid_key_name")
+        raise BadRequest(f"name: {KEY_NAME_RULE}", code=INVALID_BODY)
     read_only = form.get("read_only") == "on"
     key = await create_api_key(state.database, name=name, read_only=read_only)
     if key is None:
-        raise Conflict(f"a key named {name!r} exists (names are never reused)", code="key_exists")
+        raise Conflict(f"a key named {name!r} exists (names are never reused)", code=KEY_EXISTS)
     log.info("api_key_created", name=name, read_only=read_only, source="console")
     keys = await list_api_keys(state.database)
     # The key is shown on this answer only (no-store): it is not kept anywhere to show again.
@@ -113,6 +122,6 @@ async def revoke_key(request: Request, form: Form) -> Response:
     name: str = request.path_params["name"]
     outcome = await revoke_api_key(app_state(request).database, name=name)
     if outcome == "unknown":
-        raise NotFound(f"no key named {name!r}", code="key_not_found")
+        raise NotFound(f"no key named {name!r}", code=KEY_NOT_FOUND)
     log.info("api_key_revoked", name=name, source="console")
     return see_other(request, "console:api_keys", notice="revoked")

@@ -13,7 +13,7 @@ import hashlib
 from itsdangerous import BadData, URLSafeTimedSerializer
 
 from app.api.cursors import signing_key
-from app.errors import Forbidden
+from app.errors import CSRF_INVALID, CSRF_MISSING, Forbidden
 from app.settings import Settings
 
 SALT = "nango-registry.console.csrf"
@@ -36,12 +36,12 @@ def issue_token(settings: Settings, username: str) -> str:
 def check_token(settings: Settings, username: str, token: object) -> None:
     """Return if ``token`` was issued here to ``username`` and has not expired; else 403."""
     if not isinstance(token, str) or not token:
-        raise Forbidden("the form has no CSRF token: reload the page", code="csrf_missing")
+        raise Forbidden("the form has no CSRF token: reload the page", code=CSRF_MISSING)
     try:
         payload = _serializer(settings).loads(token, max_age=settings.console_csrf_max_age_seconds)
     except BadData:
         raise Forbidden(
-            "the form's CSRF token is invalid or expired: reload the page", code="csrf_invalid"
+            "the form's CSRF token is invalid or expired: reload the page", code=CSRF_INVALID
         ) from None
     if not isinstance(payload, dict) or payload.get("u") != user_tag(username):
-        raise Forbidden("the form's CSRF token is not yours: reload the page", code="csrf_invalid")
+        raise Forbidden("the form's CSRF token is not yours: reload the page", code=CSRF_INVALID)

@@ -18,7 +18,7 @@ from app.api.inputs import bad_parameter
 from app.console.pages import notice
 from app.console.rendering import render
 from app.console.web import page
-from app.errors import NotFound
+from app.errors import DELIVERY_NOT_FOUND, NotFound
 from app.settings import Settings
 from app.state import app_state
 from app.webhooks.deliveries import DeliveryFilter, get_delivery, list_deliveries
@@ -112,7 +112,7 @@ async def delivery(request: Request) -> Response:
     delivery_id: int = request.path_params["delivery_id"]
     found = await get_delivery(state.database, delivery_id=delivery_id)
     if found is None:
-        raise NotFound(f"no delivery #{delivery_id}", code="delivery_not_found")
+        raise NotFound(f"no delivery #{delivery_id}", code=DELIVERY_NOT_FOUND)
     return render(
         request,
         "delivery.html",

@@ -23,6 +23,7 @@ from app.db.types import utcnow
 from app.logs import get_logger
 from app.metrics import collect
 from app.state import AppState
+from app.webhooks.deliveries import count_failed
 
 log = get_logger(__name__)
 
@@ -40,7 +41,6 @@ DELIVERIES_BY_HOUR = sql(
         " FROM deliveries WHERE received_at >= :since GROUP BY 1, 2, 3"
     ),
 )
-FAILED = sql("SELECT COUNT(*) FROM deliveries WHERE outcome = 'failed'")
 HOURS = 24
 
 
@@ -75,12 +75,12 @@ async def compute_figures(database: Database) -> Figures:
     async with database.reader() as tx:
         statuses = await tx.fetchall(BY_STATUS)
         hours = await tx.fetchall(DELIVERIES_BY_HOUR, {"since": since})
-        failed = await tx.fetchone(FAILED)
+    failed = await count_failed(database)
     return Figures(
         computed_at=now,
         connections={(row[0], row[1]): int(row[2]) for row in statuses},
         deliveries={(row[0], row[1], row[2]): int(row[3]) for row in hours},
-        failed_deliveries=int(failed[0]) if failed else 0,
+        failed_deliveries=failed,
     )
 
 

@@ -14,7 +14,7 @@ from app.console.chart import draw
 from app.console.figures import FigureCache, Figures, compute_figures, signature_failures
 from app.console.rendering import render
 from app.console.web import page
-from app.errors import NotFound
+from app.errors import CONNECTION_NOT_FOUND, NotFound
 from app.settings import Settings
 from app.state import AppState, app_state
 
@@ -127,7 +127,7 @@ async def connection(request: Request) -> Response:
     async with state.database.reader() as tx:
         found = await queries.connection_by_pk(tx, pk=pk)
         if found is None:
-            raise NotFound(f"no connection #{pk}", code="connection_not_found")
+            raise NotFound(f"no connection #{pk}", code=CONNECTION_NOT_FOUND)
         history = await queries.find_history(
             tx, connection_pk=pk, limit=HISTORY_PAGE, after_id=after_id
         )

@@ -7,14 +7,16 @@ every template, so stored text (tags, error descriptions, webhook bodies) is sho
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from jinja2 import pass_context
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Mount
 from starlette.templating import Jinja2Templates
 
 from app.console import csrf
@@ -63,9 +65,29 @@ def pretty_body(text: str) -> str:
         return text
 
 
+# Route name -> its path with ``{param}`` placeholders, from ``register_paths``. Starlette's
+# ``url_path_for`` tries every route in turn (an exception per miss); a page of 50 rows names
+# ~100 paths, and that lookup measured 60 % of its rendering time.
+_PATHS: dict[str, str] = {}
+
+
+def register_paths(prefix: str, name: str, routes: Sequence[BaseRoute]) -> None:
+    """Remember the paths of a mount's named routes (``name:route``)."""
+    for route in routes:
+        path = getattr(route, "path_format", None) or getattr(route, "path", "")
+        if isinstance(route, Mount):
+            path += "/{path}"
+        _PATHS[f"{name}:{route.name}"] = prefix + path  # type: ignore[attr-defined]
+
+
 def path_for(request: Request, name: str, /, **params: Any) -> str:
-    """The path of a named route, behind any proxy prefix (``root_path``), still URL-encoded."""
-    return request.url_for(name, **params).path
+    """The path of a named console route, behind any proxy prefix, its parameters escaped the
+    way the routes read them (``segment``: a ``/`` as ``%2F``; ``path``: ``/`` kept)."""
+    root = request.scope.get("app_root_path", request.scope.get("root_path", ""))
+    values = {
+        key: quote(str(value), safe="/" if key == "path" else "") for key, value in params.items()
+    }
+    return root + _PATHS[name].format(**values)
 
 
 @pass_context

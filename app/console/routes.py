@@ -6,17 +6,16 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from app.console import actions, pages
+from app.console import actions, deliveries, pages
 from app.console.guard import ConsoleGuard
-from app.console.rendering import HERE
+from app.console.rendering import HERE, register_paths
 from app.settings import Settings
 
 
-def console_routes(settings: Settings) -> list[BaseRoute]:
-    """The console's mount, or nothing (every /console path is then a 404) when it is off."""
-    if not settings.console_enabled:
-        return []
-    routes = [
+def console_mount(settings: Settings) -> Mount:
+    """``/console`` and everything under it, behind the guard (``app.application`` mounts it
+    only when the console is on: every /console path is a 404 otherwise)."""
+    routes: list[BaseRoute] = [
         Route("/", pages.overview, name="overview"),
         Route("/connections", pages.connections, name="connections"),
         Route("/connections/{pk:int}", pages.connection, name="connection"),
@@ -25,6 +24,8 @@ def console_routes(settings: Settings) -> list[BaseRoute]:
         ),
         Route("/connections/{pk:int}/delete", actions.delete, methods=["POST"], name="delete"),
         Route("/end-users/{end_user_id:segment}", pages.end_user, name="end_user"),
+        Route("/deliveries", deliveries.deliveries, name="deliveries"),
+        Route("/deliveries/{delivery_id:int}", deliveries.delivery, name="delivery"),
         Route(
             "/deliveries/{delivery_id:int}/replay", actions.replay, methods=["POST"], name="replay"
         ),
@@ -46,11 +47,10 @@ def console_routes(settings: Settings) -> list[BaseRoute]:
         ),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
-    return [
-        Mount(
-            "/console",
-            routes=routes,
-            name="console",
-            middleware=[Middleware(ConsoleGuard, settings=settings)],
-        )
-    ]
+    register_paths("/console", "console", routes)
+    return Mount(
+        "/console",
+        routes=routes,
+        name="console",
+        middleware=[Middleware(ConsoleGuard, settings=settings)],
+    )

@@ -18,7 +18,7 @@ from starlette.responses import RedirectResponse, Response
 from app.bodies import read_limited
 from app.console import csrf
 from app.console.rendering import console_user, path_for, render
-from app.errors import ApiError, BadRequest, Forbidden
+from app.errors import BAD_REQUEST, CONSOLE_READ_ONLY, ApiError, BadRequest, Forbidden
 from app.state import app_state
 
 MAX_FORM_BYTES = 16 * 1024
@@ -57,7 +57,7 @@ async def read_form(request: Request) -> Form:
     try:
         pairs = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
     except UnicodeDecodeError:
-        raise BadRequest("the form is not UTF-8", code="invalid_form") from None
+        raise BadRequest("the form is not UTF-8", code=BAD_REQUEST) from None
     return dict(pairs)
 
 
@@ -67,7 +67,7 @@ def action(handler: Action) -> Handler:
         settings = app_state(request).settings
         try:
             if settings.console_read_only:
-                raise Forbidden("the console is read-only", code="console_read_only")
+                raise Forbidden("the console is read-only", code=CONSOLE_READ_ONLY)
             form = await read_form(request)
             csrf.check_token(settings, console_user(request), form.get(csrf.FIELD))
             return await handler(request, form)

@@ -167,3 +167,53 @@ def test_revoke_stops_the_key(console: TestClient) -> None:
     assert ">Revoke</button>" not in page
     assert post_form(console, "/console/api-keys/temp/revoke").status_code == 303
     assert post_form(console, "/console/api-keys/nobody/revoke").status_code == 404
+
+
+def _failed_delivery(console: TestClient, sync_engine: Engine, connection_id: str) -> int:
+    """A stored delivery whose processing failed (as if the database had gone away)."""
+    delivery_id = int(
+        deliver(console, connection_id=connection_id, tags={"end_user_id": "u1"})["delivery_id"]
+    )
+    with sync_engine.begin() as conn:
+        conn.execute(
+            text("DELETE FROM connection_events WHERE delivery_id = :id"), {"id": delivery_id}
+        )
+        # Without ON DELETE CASCADE on SQLite's test engine (no foreign_keys pragma).
+        conn.execute(
+            text(
+                "DELETE FROM connection_tags WHERE connection_pk IN"
+                " (SELECT id FROM connections WHERE connection_id = :c)"
+            ),
+            {"c": connection_id},
+        )
+        conn.execute(text("DELETE FROM connections WHERE connection_id = :c"), {"c": connection_id})
+        conn.execute(
+            text("UPDATE deliveries SET outcome = 'failed', error = 'boom' WHERE id = :id"),
+            {"id": delivery_id},
+        )
+    return delivery_id
+
+
+def test_replay_applies_a_failed_delivery(console: TestClient, sync_engine: Engine) -> None:
+    delivery_id = _failed_delivery(console, sync_engine, "conn-9")
+    page = console.get(f"/console/deliveries/{delivery_id}").text
+    assert ">Replay</button>" in page
+    response = post_form(console, f"/console/deliveries/{delivery_id}/replay")
+    assert response.status_code == 303
+    assert response.headers["location"] == f"/console/deliveries/{delivery_id}?notice=replayed"
+    after = console.get(response.headers["location"]).text
+    assert "The delivery was replayed" in after
+    assert "outcome-applied" in after, after
+    assert connection_row(sync_engine, "conn-9").end_user_id == "u1"
+    assert post_form(console, "/console/deliveries/424242/replay").status_code == 404
+
+
+def test_replay_all_failed(console: TestClient, sync_engine: Engine) -> None:
+    for connection_id in ("conn-1", "conn-2"):
+        _failed_delivery(console, sync_engine, connection_id)
+    response = post_form(console, "/console/deliveries/replay-failed")
+    assert response.status_code == 200
+    assert "Replayed 2 deliveries" in response.text
+    assert connection_row(sync_engine, "conn-2").status == "active"
+    again = post_form(console, "/console/deliveries/replay-failed")
+    assert "Replayed 0 deliveries" in again.text

@@ -92,7 +92,7 @@ def test_a_token_outside_a_form_is_not_read(console: TestClient) -> None:
         headers={"content-type": "application/x-www-form-urlencoded"},
     )
     assert raw.status_code == 400
-    assert "invalid_form" in raw.text
+    assert "bad_request" in raw.text
 
 
 def test_a_get_changes_nothing(console: TestClient) -> None:

@@ -13,6 +13,7 @@ from starlette.testclient import TestClient
 import app.db.tables  # noqa: F401  (registers the tables on the metadata)
 from app.db.types import utcnow
 from tests.console.conftest import deliver, fresh_overview
+from tests.rows import insert_delivery
 
 RUNS = SQLModel.metadata.tables["reconcile_runs"]
 API_KEYS = SQLModel.metadata.tables["api_keys"]
@@ -240,3 +241,58 @@ def test_api_keys_page_lists_last_use(console: TestClient, sync_engine: Engine) 
     assert "just now" in body
     assert body.count(">Revoke</button>") == 1
     assert "0" * 64 not in body
+
+
+def test_deliveries_filter_and_page(
+    console: TestClient, sync_engine: Engine, monkeypatch: Any
+) -> None:
+    from app.console import deliveries
+
+    monkeypatch.setattr(deliveries, "PAGE_SIZE", 2)
+    _arrange(console)
+    insert_delivery(sync_engine, webhook_type="sync", outcome="failed", error="boom")
+    everything = console.get("/console/deliveries")
+    assert everything.status_code == 200
+    match = re.search(r'href="([^"]+)" rel="next">Older', everything.text)
+    assert match is not None
+    assert console.get(html.unescape(match.group(1))).status_code == 200
+    failed = console.get("/console/deliveries", params={"outcome": "failed"}).text
+    assert "boom" in failed
+    assert failed.count('class="badge outcome-failed"') == 1
+    sync = console.get("/console/deliveries", params={"type": "sync"}).text
+    assert "boom" in sync
+    by_connection = console.get("/console/deliveries", params={"connection": "conn-b"}).text
+    assert by_connection.count("conn-b") >= 1
+    assert "boom" not in by_connection
+    later = console.get("/console/deliveries", params={"from": "2999-01-01T00:00"}).text
+    assert "No delivery matches" in later
+    window = console.get(
+        "/console/deliveries", params={"from": "2000-01-01T00:00", "to": "2999-01-01T00:00+00:00"}
+    )
+    assert "boom" in window.text
+
+
+def test_deliveries_refuse_bad_filters(console: TestClient) -> None:
+    for params in (
+        {"outcome": "exploded"},
+        {"from": "yesterday"},
+        {"type": "x" * 300},
+        {"cursor": "forged"},
+    ):
+        response = console.get("/console/deliveries", params=params)
+        assert response.status_code == 400, params
+
+
+def test_delivery_page_shows_body_headers_and_outcome(console: TestClient) -> None:
+    delivery_id = deliver(console, connection_id="conn-a", tags={"end_user_id": "user-42"})[
+        "delivery_id"
+    ]
+    page = console.get(f"/console/deliveries/{delivery_id}")
+    assert page.status_code == 200
+    body = page.text
+    assert "&#34;connectionId&#34;: &#34;conn-a&#34;" in body or '"connectionId": "conn-a"' in body
+    assert "user-agent" in body
+    assert "x-nango-hmac-sha256" not in body
+    assert "applied" in body
+    assert ">Replay</button>" not in body  # only failed deliveries have it
+    assert console.get("/console/deliveries/424242").status_code == 404
