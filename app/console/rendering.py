@@ -16,7 +16,7 @@ from urllib.parse import quote
 from jinja2 import pass_context
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Mount
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.templating import Jinja2Templates
 
 from app.console import csrf
@@ -74,16 +74,16 @@ _PATHS: dict[str, str] = {}
 def register_paths(prefix: str, name: str, routes: Sequence[BaseRoute]) -> None:
     """Remember the paths of a mount's named routes (``name:route``)."""
     for route in routes:
-        path = getattr(route, "path_format", None) or getattr(route, "path", "")
         if isinstance(route, Mount):
-            path += "/{path}"
-        _PATHS[f"{name}:{route.name}"] = prefix + path  # type: ignore[attr-defined]
+            _PATHS[f"{name}:{route.name}"] = f"{prefix}{route.path}/{{path}}"
+        elif isinstance(route, Route):
+            _PATHS[f"{name}:{route.name}"] = prefix + route.path_format
 
 
 def path_for(request: Request, name: str, /, **params: Any) -> str:
     """The path of a named console route, behind any proxy prefix, its parameters escaped the
     way the routes read them (``segment``: a ``/`` as ``%2F``; ``path``: ``/`` kept)."""
-    root = request.scope.get("app_root_path", request.scope.get("root_path", ""))
+    root: str = request.scope.get("app_root_path", request.scope.get("root_path", ""))
     values = {
         key: quote(str(value), safe="/" if key == "path" else "") for key, value in params.items()
     }

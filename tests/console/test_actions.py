@@ -12,7 +12,7 @@ from starlette.testclient import TestClient
 from tests.console.conftest import csrf_token, deliver, post_form
 from tests.console.test_csrf import ACTIONS
 from tests.fakes.nango import FakeNango
-from tests.rows import connection_row, insert_connection
+from tests.rows import add_connection, connection_row
 
 
 def _pk(engine: Engine, connection_id: str) -> int:
@@ -91,7 +91,7 @@ def test_reconnect_shows_the_connect_link(
 def test_reconnect_of_an_unattributed_connection_is_409(
     console: TestClient, sync_engine: Engine
 ) -> None:
-    insert_connection(sync_engine, connection_id="nobody")
+    add_connection(sync_engine, connection_id="nobody")
     response = post_form(console, f"/console/connections/{_pk(sync_engine, 'nobody')}/reconnect")
     assert response.status_code == 409
     assert "unattributed" in response.text

@@ -13,7 +13,7 @@ from starlette.testclient import TestClient
 import app.db.tables  # noqa: F401  (registers the tables on the metadata)
 from app.db.types import utcnow
 from tests.console.conftest import deliver, fresh_overview
-from tests.rows import insert_delivery
+from tests.rows import add_delivery
 
 RUNS = SQLModel.metadata.tables["reconcile_runs"]
 API_KEYS = SQLModel.metadata.tables["api_keys"]
@@ -250,7 +250,7 @@ def test_deliveries_filter_and_page(
 
     monkeypatch.setattr(deliveries, "PAGE_SIZE", 2)
     _arrange(console)
-    insert_delivery(sync_engine, webhook_type="sync", outcome="failed", error="boom")
+    add_delivery(sync_engine, webhook_type="sync", outcome="failed", error="boom")
     everything = console.get("/console/deliveries")
     assert everything.status_code == 200
     match = re.search(r'href="([^"]+)" rel="next">Older', everything.text)
