@@ -31,15 +31,20 @@ def test_figures_group_what_the_page_shows() -> None:
     assert shown.by_type_and_outcome == {("auth", "applied"): 3, ("auth", "failed"): 1}
 
 
+class Loader:
+    """Figures whose failed count is the number of computations so far."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def __call__(self) -> Figures:
+        self.calls += 1
+        return _figures(self.calls)
+
+
 @pytest.mark.anyio
 async def test_the_first_view_waits_then_stale_figures_are_refreshed_behind() -> None:
-    calls = 0
-
-    async def load() -> Figures:
-        nonlocal calls
-        calls += 1
-        return _figures(calls)
-
+    load = Loader()
     cache = FigureCache(max_age_seconds=0.0)
     assert (await cache.get(load)).failed_deliveries == 1
     # Stale: the last figures are answered at once, one refresh runs behind.
@@ -47,24 +52,18 @@ async def test_the_first_view_waits_then_stale_figures_are_refreshed_behind() ->
     assert (await cache.get(load)).failed_deliveries == 1
     assert cache.refreshing is not None
     await cache.refreshing
-    assert calls == 2
+    assert load.calls == 2
     assert (await cache.get(load)).failed_deliveries == 2
 
 
 @pytest.mark.anyio
 async def test_fresh_figures_are_not_recomputed() -> None:
-    calls = 0
-
-    async def load() -> Figures:
-        nonlocal calls
-        calls += 1
-        return _figures(calls)
-
+    load = Loader()
     cache = FigureCache(max_age_seconds=3600.0)
     await cache.get(load)
     await cache.get(load)
     await asyncio.sleep(0)
-    assert calls == 1
+    assert load.calls == 1
     assert cache.refreshing is None
 
 
