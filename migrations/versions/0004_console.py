@@ -1,7 +1,7 @@
 """console: connections by status, newest first
 
 Revision ID: 0004
-Revises: 0001
+Revises: 0003
 
 The console lists connections of one status (``auth_error``, ``deleted``), which are rare: without
 this index such a listing walked the primary key backwards through every other row (50 ms over
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from alembic import op
 
 revision: str = "0004"
-down_revision: str | Sequence[str] | None = "0001"
+down_revision: str | Sequence[str] | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
