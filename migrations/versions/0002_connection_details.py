@@ -1,7 +1,7 @@
 """connections: connection_config and metadata from Nango
 
 Revision ID: 0002
-Revises: 0003
+Revises: 0004
 
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 import app.db.types
 
 revision: str = "0002"
-down_revision: str | Sequence[str] | None = "0003"
+down_revision: str | Sequence[str] | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
