@@ -18,7 +18,8 @@ from starlette.applications import Starlette
 
 from app.api.keys import ApiKeyCache, configured_key_hashes
 from app.connections.reconcile import run_schedule
-from app.db.database import create_database
+from app.db.database import Database, create_database
+from app.db.readiness import readiness_problem
 from app.logs import get_logger
 from app.nango.client import NangoClient
 from app.settings import Settings
@@ -43,6 +44,15 @@ def _start_reconcile_schedule(state: AppState) -> asyncio.Task[None] | None:
     )
 
 
+async def _report_readiness(database: Database) -> None:
+    """Say at start, in one line, why the database cannot serve yet (``/readyz`` says it too)."""
+    problem = await readiness_problem(database)
+    if problem is None:
+        log.info("database_ready")
+    else:
+        log.error("database_not_ready", reason=problem)
+
+
 def lifespan_for(
     settings: Settings, *, nango_transport: httpx2.AsyncBaseTransport | None = None
 ) -> Callable[[Starlette], AbstractAsyncContextManager[None]]:
@@ -63,6 +73,7 @@ def lifespan_for(
             api_keys=ApiKeyCache(database, configured_key_hashes(settings)),
             nango=NangoClient.from_settings(settings, http),
         )
+        state.background.append(asyncio.create_task(_report_readiness(database)))
         schedule = _start_reconcile_schedule(state)
         if schedule is not None:
             state.background.append(schedule)
