@@ -73,7 +73,7 @@ def lifespan_for(
             api_keys=ApiKeyCache(database, configured_key_hashes(settings)),
             nango=NangoClient.from_settings(settings, http),
         )
-        state.background.append(asyncio.create_task(_report_readiness(database)))
+        readiness = asyncio.create_task(_report_readiness(database))
         schedule = _start_reconcile_schedule(state)
         if schedule is not None:
             state.background.append(schedule)
@@ -85,7 +85,7 @@ def lifespan_for(
         try:
             yield
         finally:
-            for task in state.background:
+            for task in (readiness, *state.background):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task

@@ -374,8 +374,9 @@ def test_make_run_and_serve_take_port_from_dotenv(tmp_path: Path, database_url: 
         capture_output=True,
         text=True,
         check=True,
-    ).stdout.splitlines()[-1]
-    assert recipe.split("#")[0].split() == [".venv/bin/nango-registry", "serve"]
+    ).stdout.splitlines()
+    (serve_line,) = [line for line in recipe if "nango-registry serve" in line]
+    assert serve_line.split("#")[0].split() == [".venv/bin/nango-registry", "serve"]
     port = free_port()
     (tmp_path / ".env").write_text(
         f"PORT={port}\nDATABASE_URL={database_url}\nLOG_LEVEL=WARNING\n", encoding="utf-8"

@@ -13,7 +13,7 @@ from app.connections.model import Attribution
 from app.db.database import connected
 from app.settings import Settings
 from tests.fakes.nango import FakeNango
-from tests.rows import connection_row
+from tests.rows import connection_row, insert_connection
 from tests.webhooks.helpers import auth_body, signed_headers
 
 
@@ -79,3 +79,20 @@ def test_reconcile_of_a_connection_with_only_an_end_user(
     assert api.post("/v1/reconcile", headers=auth_headers).status_code == 200
     assert by_tag(api, auth_headers, "end_user_id", "u7") == ["c-old"]
     assert by_tag(api, auth_headers, "end_user_email", "u7@example.com") == ["c-old"]
+
+
+def test_connections_stored_before_get_owner_tags_from_a_second_import(
+    settings: Settings, sync_engine: Engine
+) -> None:
+    insert_connection(sync_engine, connection_id="user-2", end_user_id="user-2", tags={})
+    rows, _ = parse_legacy_csv(
+        "integration_id,connection_id,end_user_id,organization_id\ngithub,user-2,user-2,\n",
+        default_environment="prod",
+    )
+
+    async def run() -> Any:
+        async with connected(settings) as database:
+            return await import_rows(database, rows=rows)
+
+    assert asyncio.run(run()) == (0, 1)
+    assert connection_row(sync_engine, "user-2").tags == {"end_user_id": "user-2"}
