@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import Engine
 
 from app.cli import main
-from tests.rows import insert_delivery
+from tests.rows import add_delivery
 
 START = datetime(2026, 11, 1, tzinfo=UTC)
 
@@ -34,15 +34,15 @@ def cli_env(
 @pytest.fixture
 def stored(sync_engine: Engine) -> list[int]:
     return [
-        insert_delivery(sync_engine, received_at=START),
-        insert_delivery(
+        add_delivery(sync_engine, received_at=START),
+        add_delivery(
             sync_engine,
             received_at=START + timedelta(minutes=1),
             outcome="failed",
             error="KeyError: 'tags'\nTraceback...",
             connection_id="c-2",
         ),
-        insert_delivery(
+        add_delivery(
             sync_engine,
             received_at=START + timedelta(minutes=2),
             webhook_type="sync",

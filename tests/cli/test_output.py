@@ -13,7 +13,7 @@ from sqlalchemy import Engine
 
 from tests.cli.commands import Ran, run_cli
 from tests.conftest import TEST_NANGO_SECRET, TEST_SIGNING_KEY
-from tests.rows import insert_delivery
+from tests.rows import add_delivery
 
 
 @pytest.fixture
@@ -61,7 +61,7 @@ def test_migrate_and_version(tmp_path: Path, env: dict[str, str]) -> None:
 
 
 def test_deliveries_and_replay(tmp_path: Path, env: dict[str, str], sync_engine: Engine) -> None:
-    failed = insert_delivery(sync_engine, outcome="failed", error="KeyError: 'x'", body="{}")
+    failed = add_delivery(sync_engine, outcome="failed", error="KeyError: 'x'", body="{}")
     listed = clean(run_cli("deliveries", "list", "--json", cwd=tmp_path, env=env))
     assert [json.loads(line)["id"] for line in listed.out.splitlines()] == [failed]
     shown = clean(run_cli("deliveries", "show", str(failed), cwd=tmp_path, env=env))

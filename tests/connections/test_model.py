@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, update
 from starlette.testclient import TestClient
 
 from app.connections.legacy_import import import_rows, parse_legacy_csv
@@ -13,7 +13,7 @@ from app.connections.model import Attribution
 from app.db.database import connected
 from app.settings import Settings
 from tests.fakes.nango import FakeNango
-from tests.rows import connection_row, insert_connection
+from tests.rows import CONNECTIONS, add_connection, connection_row
 from tests.webhooks.helpers import auth_body, signed_headers
 
 
@@ -84,7 +84,9 @@ def test_reconcile_of_a_connection_with_only_an_end_user(
 def test_connections_stored_before_get_owner_tags_from_a_second_import(
     settings: Settings, sync_engine: Engine
 ) -> None:
-    insert_connection(sync_engine, connection_id="user-2", end_user_id="user-2", tags={})
+    add_connection(sync_engine, connection_id="user-2", end_user_id="user-2")
+    with sync_engine.begin() as conn:  # as stored before owner fields were tags too
+        conn.execute(update(CONNECTIONS).values(tags={}))
     rows, _ = parse_legacy_csv(
         "integration_id,connection_id,end_user_id,organization_id\ngithub,user-2,user-2,\n",
         default_environment="prod",

@@ -15,8 +15,8 @@ import pytest
 from app.db.database import DatabaseTimeout
 from app.db.readiness import NO_SCHEMA, describe_error
 from tests.cli.commands import Ran, run_cli
+from tests.cli.test_serve_process import serve
 from tests.conftest import DEFAULT_TEST_DATABASE_URL, TEST_API_KEY, TEST_SIGNING_KEY
-from tests.test_serve import serve
 
 # Every command that reads or writes the database.
 COMMANDS = [
