@@ -23,7 +23,8 @@ def cli_env(
 ) -> Iterator[None]:
     monkeypatch.chdir(tmp_path)  # no stray .env
     monkeypatch.setenv("DATABASE_URL", database_url)
-    monkeypatch.setenv("LOG_LEVEL", "warning")
+    # Info, as the suite logs: structlog keeps a logger at the level it was first used with.
+    monkeypatch.setenv("LOG_LEVEL", "info")
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     yield
