@@ -17,6 +17,7 @@ from app.db.tables import ConnectionEventTable, ConnectionTable, ConnectionTagTa
 
 CONNECTIONS = SQLModel.metadata.tables["connections"]
 EVENTS = SQLModel.metadata.tables["connection_events"]
+FEED = SQLModel.metadata.tables["feed_events"]
 BASE_TIME = datetime(2026, 1, 1, tzinfo=UTC)
 _sequence = itertools.count(1)
 _OWNER_TAGS = ("end_user_id", "organization_id", "end_user_email")
@@ -117,3 +118,14 @@ def history(engine: Engine) -> list[Any]:
     """Every connection's history entries, oldest first."""
     with engine.connect() as conn:
         return list(conn.execute(select(EVENTS).order_by(EVENTS.c.id)).all())
+
+
+def feed(engine: Engine) -> list[Any]:
+    """The change feed's rows, oldest first."""
+    with engine.connect() as conn:
+        return list(conn.execute(select(FEED).order_by(FEED.c.id)).all())
+
+
+def feed_types(engine: Engine) -> list[tuple[str, str, str]]:
+    """(type, source, connection ID) of every feed event, oldest first."""
+    return [(row.type, row.source, row.connection["connection_id"]) for row in feed(engine)]
