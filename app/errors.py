@@ -35,6 +35,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from app.db.database import DatabaseTimeout
+from app.db.readiness import describe_error, underlying_error
 from app.logs import get_logger
 from app.metrics import DATABASE_ERRORS, route_template
 from app.responses import JSONResponse
@@ -265,7 +266,14 @@ RETRY_AFTER_SECONDS = "5"
 async def handle_database_unavailable(request: Request, exc: Exception) -> Response:
     operation = route_template(request.scope)
     DATABASE_ERRORS.labels(operation=operation).inc()
-    log.warning("database_unavailable", operation=operation, error_type=type(exc).__name__)
+    state = getattr(request.app.state, "registry", None)
+    cause = exc if state is None else underlying_error(state.database, exc)
+    log.warning(
+        "database_unavailable",
+        operation=operation,
+        error_type=type(exc).__name__,
+        cause=describe_error(cause),
+    )
     return error_response(
         DATABASE_UNAVAILABLE_CODE.status,
         DATABASE_UNAVAILABLE_CODE.code,

@@ -19,7 +19,8 @@ from starlette.applications import Starlette
 from app.api.keys import ApiKeyCache, configured_key_hashes
 from app.connections.detail_fetches import DetailFetches
 from app.connections.reconcile import run_schedule
-from app.db.database import create_database
+from app.db.database import Database, create_database
+from app.db.readiness import readiness_problem
 from app.logs import get_logger
 from app.nango.client import NangoClient
 from app.settings import Settings
@@ -43,6 +44,15 @@ def _start_reconcile_schedule(state: AppState) -> asyncio.Task[None] | None:
         ),
         name="reconcile-schedule",
     )
+
+
+async def _report_readiness(database: Database) -> None:
+    """Say at start, in one line, why the database cannot serve yet (``/readyz`` says it too)."""
+    problem = await readiness_problem(database)
+    if problem is None:
+        log.info("database_ready")
+    else:
+        log.error("database_not_ready", reason=problem)
 
 
 def lifespan_for(
@@ -71,6 +81,7 @@ def lifespan_for(
             attempts=settings.connection_details_attempts,
             retry_seconds=settings.connection_details_retry_seconds,
         )
+        readiness = asyncio.create_task(_report_readiness(database))
         schedule = _start_reconcile_schedule(state)
         if schedule is not None:
             state.background.append(schedule)
@@ -87,7 +98,7 @@ def lifespan_for(
             yield
         finally:
             await state.details.close()
-            for task in state.background:
+            for task in (readiness, *state.background):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task

@@ -5,9 +5,17 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite:///./nango-registry.db"
@@ -44,6 +52,10 @@ def _split_csv(value: object) -> object:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
     return value
+
+
+COMMA_LISTS = ("nango_webhook_signing_keys", "registry_api_keys")
+MIN_SECRET_LENGTH = 32
 
 
 class Settings(BaseSettings):
@@ -102,6 +114,37 @@ class Settings(BaseSettings):
     console_read_only: bool = False
     console_csrf_max_age_seconds: int = Field(default=4 * 3600, ge=60, le=7 * 24 * 3600)
     console_cache_seconds: float = Field(default=5.0, ge=0, le=3600)
+
+    # Comma lists that held an empty entry ("KEY,", ","): dropped, and warned about at start.
+    _blank_entries: tuple[str, ...] = PrivateAttr(default=())
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _note_blank_entries(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        blank = tuple(
+            name.upper()
+            for name in COMMA_LISTS
+            if isinstance(data, dict)
+            and isinstance(data.get(name), str)
+            and any(not part.strip() for part in data[name].split(","))
+        )
+        settings = handler(data)
+        if isinstance(settings, Settings):
+            settings._blank_entries = blank
+        return settings
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_in_any_case(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator(
+        "nango_accept_legacy_signature", "metrics_enabled", "console_read_only", mode="before"
+    )
+    @classmethod
+    def _boolean_in_any_case(cls, value: object) -> object:
+        # pydantic already takes true/True/TRUE, yes, on, 1...; surrounding spaces too here.
+        return value.strip() if isinstance(value, str) else value
 
     @field_validator("nango_webhook_signing_keys", "registry_api_keys", mode="before")
     @classmethod
@@ -164,6 +207,46 @@ class Settings(BaseSettings):
             else:
                 keys.append(SigningKey(key=raw.encode()))
         return tuple(keys)
+
+
+def configuration_summary(settings: Settings) -> dict[str, Any]:
+    """What matters about this configuration, without a secret: the start-up log line."""
+    environments = sorted({key.environment or "*" for key in settings.signing_keys})
+    return {
+        "database": "sqlite" if settings.is_sqlite else "postgresql",
+        "signing_key_environments": environments,
+        "api_keys_configured": len(settings.registry_api_keys),
+        "nango_host": settings.nango_host,
+        "nango_secret_key": settings.nango_secret_key is not None,
+        "nango_environment": settings.nango_environment,
+        "reconcile_interval_seconds": settings.reconcile_interval_seconds,
+        "legacy_signature": settings.nango_accept_legacy_signature,
+        "log_level": settings.log_level,
+    }
+
+
+def configuration_warnings(settings: Settings) -> list[str]:
+    """What will surely fail with this configuration (each logged at start, as a warning)."""
+    warnings = []
+    if not settings.signing_keys:
+        warnings.append(
+            "NANGO_WEBHOOK_SIGNING_KEYS is not set: every webhook will be refused (503)"
+        )
+    warnings += [
+        f"{name} has an empty entry (a stray comma): it is ignored"
+        for name in settings._blank_entries
+    ]
+    if not settings.nango_environment.strip():
+        warnings.append("NANGO_ENVIRONMENT is empty: set it to the Nango environment, e.g. prod")
+    short = [
+        f"{name} is shorter than {MIN_SECRET_LENGTH} characters: easy to guess"
+        for name, values in (
+            ("REGISTRY_API_KEYS", settings.registry_api_keys),
+            ("SECRET_KEY", [settings.secret_key] if settings.secret_key else []),
+        )
+        if any(len(value.get_secret_value()) < MIN_SECRET_LENGTH for value in values)
+    ]
+    return warnings + short
 
 
 class SettingsError(SystemExit):

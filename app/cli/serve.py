@@ -13,7 +13,12 @@ from typing import Any
 import uvicorn
 
 from app.logs import configure_logging, get_logger
-from app.settings import Settings, load_settings
+from app.settings import (
+    Settings,
+    configuration_summary,
+    configuration_warnings,
+    load_settings,
+)
 
 log = get_logger(__name__)
 
@@ -46,6 +51,9 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     settings = load_settings()
     configure_logging(settings.log_level)
+    log.info("configuration", **configuration_summary(settings))
+    for problem in configuration_warnings(settings):
+        log.warning("configuration_warning", problem=problem)
     if settings.secret_key is None:
         # Workers must share the key that signs pagination cursors, so the parent picks one.
         os.environ["SECRET_KEY"] = secrets.token_urlsafe(32)
@@ -70,6 +78,8 @@ def _prepare_metrics_directory(configured: str | None, *, workers: int) -> str |
         # previous run's files would otherwise be summed into this run's counters.
         directory = Path(configured)
         directory.mkdir(parents=True, exist_ok=True)
+        # prometheus_client reads the process environment, not .env: hand the setting on.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = configured
         for stale in directory.glob("*.db"):
             stale.unlink()
         return None

@@ -30,9 +30,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import select
 import sqlite3
+import urllib.parse
 from collections.abc import AsyncIterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -199,9 +201,11 @@ def _is_dead(connection: psycopg.AsyncConnection[Row]) -> bool:
 
 
 class _Reachability:
-    """Whether the last attempt to open a connection failed: the database is down."""
+    """Whether the last attempt to open a connection failed: the database is down, and why
+    (a pool that times out later says only that it timed out)."""
 
     down = False
+    error: psycopg.OperationalError | None = None
 
 
 def _connection_class(reachability: _Reachability) -> type[psycopg.AsyncConnection[Row]]:
@@ -212,10 +216,12 @@ def _connection_class(reachability: _Reachability) -> type[psycopg.AsyncConnecti
         ) -> Connection:
             try:
                 connection = await super().connect(*args, **kwargs)
-            except psycopg.OperationalError:
+            except psycopg.OperationalError as error:
                 reachability.down = True
+                reachability.error = error
                 raise
             reachability.down = False
+            reachability.error = None
             return connection
 
     return Connection
@@ -258,6 +264,11 @@ class PostgresDatabase:
         # Does not wait for the database: the service starts (and /readyz says why it is not
         # ready) while Postgres is still coming up.
         await self.pool.open(wait=False)
+
+    @property
+    def connect_error(self) -> psycopg.OperationalError | None:
+        """Why the last attempt to connect failed, while the database is unreachable."""
+        return self._reachability.error
 
     async def close(self) -> None:
         if self._purging is not None:
@@ -395,6 +406,14 @@ sqlite3.register_converter("BOOLEAN", lambda value: value != b"0")
 sqlite3.register_converter("JSON", pydantic_core.from_json)
 
 
+def _sqlite_uri(path: str) -> str:
+    """The file opened read-write but never created: only ``migrate`` (Alembic) creates it, so
+    a command run from the wrong directory fails clearly instead of making an empty database."""
+    if path == ":memory:":
+        return "file::memory:"
+    return f"file:{urllib.parse.quote(path)}?mode=rw"
+
+
 class _SqliteConnection:
     """A ``sqlite3`` connection and the one thread that runs its statements."""
 
@@ -411,14 +430,23 @@ class _SqliteConnection:
         self._connection = await self.run(self._connect)
 
     def _connect(self) -> sqlite3.Connection:
-        connection = sqlite3.connect(
-            self._path,
-            detect_types=sqlite3.PARSE_DECLTYPES,
-            # Transactions are begun and ended explicitly (BEGIN IMMEDIATE / COMMIT).
-            isolation_level=None,
-            check_same_thread=False,
-            timeout=30,
-        )
+        try:
+            connection = sqlite3.connect(
+                _sqlite_uri(self._path),
+                uri=True,
+                detect_types=sqlite3.PARSE_DECLTYPES,
+                # Transactions are begun and ended explicitly (BEGIN IMMEDIATE / COMMIT).
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=30,
+            )
+        except sqlite3.OperationalError as error:
+            if self._path != ":memory:" and not os.path.exists(self._path):
+                raise sqlite3.OperationalError(
+                    f'database file "{os.path.abspath(self._path)}" does not exist:'
+                    " run nango-registry migrate (or check DATABASE_URL)"
+                ) from error
+            raise
         connection.execute("PRAGMA journal_mode=WAL")
         connection.execute("PRAGMA synchronous=NORMAL")
         connection.execute("PRAGMA foreign_keys=ON")

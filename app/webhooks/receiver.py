@@ -15,6 +15,7 @@ from starlette.routing import Route
 from app.api.openapi import operation
 from app.api.shapes import WebhookAnswer
 from app.bodies import read_limited
+from app.db.readiness import describe_error, underlying_error
 from app.errors import (
     DRIVER_ERRORS,
     INVALID_BODY,
@@ -160,7 +161,8 @@ async def _store(
         # Wider than the app-wide database handler on purpose: whatever kept this delivery from
         # being committed, Nango must retry it, so the answer is 503, never a 4xx or a 200.
         DATABASE_ERRORS.labels(operation="webhook").inc()
-        log.error("webhook_not_stored", error_type=type(error).__name__)
+        cause = describe_error(underlying_error(app_state(request).database, error))
+        log.error("webhook_not_stored", error_type=type(error).__name__, cause=cause)
         raise ServiceUnavailable(
             "the delivery could not be stored; retry later",
             code=STORAGE_UNAVAILABLE,
