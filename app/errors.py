@@ -8,12 +8,16 @@ Hierarchy::
     ├── Forbidden               403  a read-only key asked for a write
     ├── NotFound                404
     ├── Conflict                409  e.g. an ambiguous legacy connection ID
+    ├── RequestTimeout          408  the body did not arrive within REQUEST_BODY_TIMEOUT_SECONDS
     ├── PayloadTooLarge         413
     ├── UpstreamError           502  Nango answered with an error (Nango's code is kept)
     └── ServiceUnavailable      503  the database or a required setting is missing
 
 A database that is unreachable or out of pooled connections is answered 503 with
-``Retry-After`` by every route (and counted), whatever the route: a retry can succeed.
+``Retry-After`` by every route (and counted), whatever the route: a retry can succeed. So is a
+statement cut off at ``DATABASE_STATEMENT_TIMEOUT_SECONDS`` (``query_timeout``, counted apart).
+A value the database refuses (a NUL in text, a statement too large for SQLite) is the request's
+fault: 400, and the log names the error's type, never the SQL or its parameters.
 
 Anything else is a bug: it is logged with its traceback and answered with a plain 500 that
 carries no detail.
@@ -29,9 +33,9 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app.db.database import DatabaseTimeout
+from app.db.database import DatabaseTimeout, QueryTimeout, QueryTooComplex
 from app.logs import get_logger
-from app.metrics import DATABASE_ERRORS, route_template
+from app.metrics import DATABASE_ERRORS, QUERY_TIMEOUTS, route_template
 from app.responses import JSONResponse
 
 log = get_logger(__name__)
@@ -80,6 +84,11 @@ class NotFound(ApiError):
 class Conflict(ApiError):
     status_code = 409
     code = "conflict"
+
+
+class RequestTimeout(ApiError):
+    status_code = 408
+    code = "body_timeout"
 
 
 class PayloadTooLarge(ApiError):
@@ -152,7 +161,12 @@ DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
     DatabaseTimeout,
 )
 # Anything the drivers raise, for the webhook receiver, which answers 503 to all of it.
-DRIVER_ERRORS: tuple[type[Exception], ...] = (psycopg.Error, sqlite3.Error, DatabaseTimeout)
+DRIVER_ERRORS: tuple[type[Exception], ...] = (
+    psycopg.Error,
+    sqlite3.Error,
+    DatabaseTimeout,
+    QueryTooComplex,
+)
 
 
 def is_database_unavailable(error: BaseException) -> bool:
@@ -175,6 +189,28 @@ async def handle_database_unavailable(request: Request, exc: Exception) -> Respo
     )
 
 
+async def handle_query_timeout(request: Request, exc: Exception) -> Response:
+    route = route_template(request.scope)
+    QUERY_TIMEOUTS.labels(route=route).inc()
+    log.warning("query_timeout", route=route, error_type=type(exc).__name__)
+    return error_response(
+        503,
+        "query_timeout",
+        "the database work for this request took too long; retry later or narrow the query",
+        headers={"Retry-After": RETRY_AFTER_SECONDS},
+    )
+
+
+async def handle_refused_value(request: Request, exc: Exception) -> Response:
+    # The driver's message may quote the value; the type is enough to find the cause.
+    log.warning("value_refused", route=route_template(request.scope), error_type=type(exc).__name__)
+    if isinstance(exc, QueryTooComplex | psycopg.errors.ProgramLimitExceeded):
+        return error_response(400, "query_too_complex", "the request asks for too much at once")
+    return error_response(
+        400, "invalid_value", "a value in the request cannot be stored or searched for"
+    )
+
+
 async def handle_unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled_error", path=request.url.path)
     return error_response(500, "internal_error", "internal error; see the service logs")
@@ -184,5 +220,11 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     ApiError: handle_api_error,
     HTTPException: handle_http_exception,
     **dict.fromkeys(DATABASE_UNAVAILABLE, handle_database_unavailable),
+    # More precise than the classes above, which they derive from (handlers go by the MRO).
+    QueryTimeout: handle_query_timeout,
+    psycopg.errors.QueryCanceled: handle_query_timeout,
+    QueryTooComplex: handle_refused_value,
+    psycopg.errors.ProgramLimitExceeded: handle_refused_value,
+    psycopg.DataError: handle_refused_value,
     Exception: handle_unexpected,
 }

@@ -82,6 +82,15 @@ def kept_headers(headers: Any) -> dict[str, str]:
 
 
 @dataclass(frozen=True, slots=True)
+class Stored:
+    """A delivery just stored: its ID, and whether the very same body came before, outside
+    the dedupe window (a repeat: Nango's, or a replay of a captured body)."""
+
+    delivery_id: int
+    repeated: bool
+
+
+@dataclass(frozen=True, slots=True)
 class IngestResult:
     delivery_id: int | None  # None: a duplicate
     outcome: str
@@ -98,8 +107,8 @@ async def record_delivery(
     outcome: DeliveryOutcome = DeliveryOutcome.RECORDED,
     error: str | None = None,
     now: datetime | None = None,
-) -> int | None:
-    """Insert the delivery; return its ID, or None when it is a duplicate."""
+) -> Stored | None:
+    """Insert the delivery; return it, or None when it is a duplicate."""
     key = dedupe_key(body)
     now = now or utcnow()
     processed = outcome != DeliveryOutcome.RECORDED or error is not None
@@ -121,10 +130,11 @@ async def record_delivery(
     }
     # Bounded: each turn either inserts, finds a duplicate, or archives a stale row that a
     # concurrent request had not archived yet.
+    repeated = False
     for _ in range(5):
         inserted = await tx.fetchone(INSERT_DELIVERY, values)
         if inserted is not None:
-            return int(inserted[0])
+            return Stored(int(inserted[0]), repeated)
         existing = await tx.fetchone(FIND_BY_KEY, {"key": key})
         if existing is None:
             continue
@@ -135,6 +145,7 @@ async def record_delivery(
         await tx.execute(
             ARCHIVE_KEY, {"archived": f"{key}#{existing_id}", "id": existing_id, "key": key}
         )
+        repeated = True
     raise RuntimeError("could not store the delivery after repeated dedupe conflicts")
 
 
@@ -190,25 +201,26 @@ async def ingest(
     )
 
     async def store_and_apply(tx: Transaction) -> IngestResult:
-        delivery_id = await store(tx, outcome=expected)
-        if delivery_id is None:
+        stored = await store(tx, outcome=expected)
+        if stored is None:
             return IngestResult(None, "duplicate")
         outcome = await apply_delivery(
             tx,
-            delivery_id=delivery_id,
+            delivery_id=stored.delivery_id,
             payload=payload,
             envelope=envelope,
             default_environment=default_environment,
+            repeated=stored.repeated,
         )
         if outcome != expected:
-            await tx.execute(SET_OUTCOME, {"outcome": str(outcome), "id": delivery_id})
-        return IngestResult(delivery_id, outcome)
+            await tx.execute(SET_OUTCOME, {"outcome": str(outcome), "id": stored.delivery_id})
+        return IngestResult(stored.delivery_id, outcome)
 
     async def store_failed(tx: Transaction, error_text: str) -> IngestResult:
-        delivery_id = await store(tx, outcome=DeliveryOutcome.FAILED, error=error_text)
-        if delivery_id is None:  # a concurrent copy of this delivery got in first
+        stored = await store(tx, outcome=DeliveryOutcome.FAILED, error=error_text)
+        if stored is None:  # a concurrent copy of this delivery got in first
             return IngestResult(None, "duplicate")
-        return IngestResult(delivery_id, DeliveryOutcome.FAILED, error_text)
+        return IngestResult(stored.delivery_id, DeliveryOutcome.FAILED, error_text)
 
     return await apply_or_fail(database, apply=store_and_apply, fail=store_failed)
 
