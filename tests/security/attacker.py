@@ -113,9 +113,9 @@ def _closed(sock: socket.socket) -> bool:
 
 @contextmanager
 def serve(
-    tmp_path: Path, database_url: str, *, slow_lookups: bool = False, **settings: str
+    tmp_path: Path, database_url: str, *, slow_lookups: str = "", **settings: str
 ) -> Iterator[Server]:
-    """``nango-registry serve`` with the suite's keys; ``slow_lookups``: every connection
+    """``nango-registry serve`` with the suite's keys; ``slow_lookups="yes"``: every connection
     listing first runs a statement that never ends by itself (tests/security/slow)."""
     port = free_port()
     env = {

@@ -24,4 +24,4 @@ async def _slow_find_connections(tx: Transaction, **arguments: Any) -> Any:
     return await _find_connections(tx, **arguments)
 
 
-queries.find_connections = _slow_find_connections  # type: ignore[assignment]
+queries.find_connections = _slow_find_connections
