@@ -17,9 +17,10 @@ from starlette.convertors import Convertor, register_url_convertor
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.db.database import API_WORK
-from app.errors import error_response
+from app.errors import DUPLICATE_HEADER, HEADERS_TOO_LARGE, ErrorCode, error_response
 from app.logs import get_logger
 from app.metrics import AUTH_FAILURES, SIGNATURE_FAILURES, observe_request
+from app.webhooks.signature import Refusal
 
 log = get_logger("app.access")
 
@@ -33,9 +34,9 @@ MAX_HEADER_BYTES = 64 * 1024
 # Credentials a request must carry at most once: with two, "the first one wins" in one layer
 # and "the last one wins" in another (a proxy, a log, a replayed capture) would disagree.
 _SINGLE_HEADERS = {
-    b"authorization": AUTH_FAILURES,
-    b"x-nango-hmac-sha256": SIGNATURE_FAILURES,
-    b"x-nango-signature": SIGNATURE_FAILURES,
+    b"authorization": AUTH_FAILURES.labels(reason="duplicate_header"),
+    b"x-nango-hmac-sha256": SIGNATURE_FAILURES.labels(reason=Refusal.DUPLICATE),
+    b"x-nango-signature": SIGNATURE_FAILURES.labels(reason=Refusal.DUPLICATE),
 }
 _NOSNIFF = (b"x-content-type-options", b"nosniff")
 # Connection objects hold people's emails: no shared or browser cache may keep an API answer.
@@ -168,23 +169,23 @@ def _refusal(headers: list[tuple[bytes, bytes]]) -> ASGIApp | None:
     """The answer to a request no route may see: too many or too large headers (431), or a
     credential header given twice (400); None for every other request."""
     if len(headers) > MAX_HEADER_COUNT:
-        return _error(431, "headers_too_large", f"more than {MAX_HEADER_COUNT} headers")
+        return _error(HEADERS_TOO_LARGE, f"more than {MAX_HEADER_COUNT} headers")
     size = 0
     seen: set[bytes] = set()
     for name, value in headers:
         size += len(name) + len(value) + 4
         if name in _SINGLE_HEADERS:
             if name in seen:
-                _SINGLE_HEADERS[name].labels(reason="duplicate_header").inc()
-                return _error(400, "duplicate_header", f"{name.decode()} is given more than once")
+                _SINGLE_HEADERS[name].inc()
+                return _error(DUPLICATE_HEADER, f"{name.decode()} is given more than once")
             seen.add(name)
     if size > MAX_HEADER_BYTES:
-        return _error(431, "headers_too_large", f"headers larger than {MAX_HEADER_BYTES} bytes")
+        return _error(HEADERS_TOO_LARGE, f"headers larger than {MAX_HEADER_BYTES} bytes")
     return None
 
 
-def _error(status: int, code: str, message: str) -> ASGIApp:
-    return error_response(status, code, message, headers={"Connection": "close"})
+def _error(entry: ErrorCode, message: str) -> ASGIApp:
+    return error_response(entry.status, entry.code, message, headers={"Connection": "close"})
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

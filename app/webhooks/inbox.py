@@ -82,19 +82,19 @@ def kept_headers(headers: Any) -> dict[str, str]:
 
 
 @dataclass(frozen=True, slots=True)
-class Stored:
-    """A delivery just stored: its ID, and whether the very same body came before, outside
-    the dedupe window (a repeat: Nango's, or a replay of a captured body)."""
-
-    delivery_id: int
-    repeated: bool
+class IngestResult:
+    delivery_id: int  # a duplicate's: the delivery already stored
+    outcome: str
+    error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
-class IngestResult:
-    delivery_id: int | None  # None: a duplicate
-    outcome: str
-    error: str | None = None
+class Stored:
+    delivery_id: int
+    duplicate: bool  # the same body was stored within the dedupe window: this is that one
+    # The same body came before, outside the window (Nango's repeat, or a captured body
+    # replayed): it may fill in attribution, never change it (app.webhooks.rules).
+    repeated: bool = False
 
 
 async def record_delivery(
@@ -107,8 +107,8 @@ async def record_delivery(
     outcome: DeliveryOutcome = DeliveryOutcome.RECORDED,
     error: str | None = None,
     now: datetime | None = None,
-) -> Stored | None:
-    """Insert the delivery; return it, or None when it is a duplicate."""
+) -> Stored:
+    """Insert the delivery; or, when it is a duplicate, name the one already stored."""
     key = dedupe_key(body)
     now = now or utcnow()
     processed = outcome != DeliveryOutcome.RECORDED or error is not None
@@ -134,14 +134,14 @@ async def record_delivery(
     for _ in range(5):
         inserted = await tx.fetchone(INSERT_DELIVERY, values)
         if inserted is not None:
-            return Stored(int(inserted[0]), repeated)
+            return Stored(int(inserted[0]), duplicate=False, repeated=repeated)
         existing = await tx.fetchone(FIND_BY_KEY, {"key": key})
         if existing is None:
             continue
         existing_id, received_at = existing
         window = dedupe_window_seconds
         if window == 0 or now - received_at < timedelta(seconds=window):
-            return None
+            return Stored(int(existing_id), duplicate=True)
         await tx.execute(
             ARCHIVE_KEY, {"archived": f"{key}#{existing_id}", "id": existing_id, "key": key}
         )
@@ -202,24 +202,25 @@ async def ingest(
 
     async def store_and_apply(tx: Transaction) -> IngestResult:
         stored = await store(tx, outcome=expected)
-        if stored is None:
-            return IngestResult(None, "duplicate")
+        delivery_id = stored.delivery_id
+        if stored.duplicate:
+            return IngestResult(delivery_id, "duplicate")
         outcome = await apply_delivery(
             tx,
-            delivery_id=stored.delivery_id,
+            delivery_id=delivery_id,
             payload=payload,
             envelope=envelope,
             default_environment=default_environment,
             repeated=stored.repeated,
         )
         if outcome != expected:
-            await tx.execute(SET_OUTCOME, {"outcome": str(outcome), "id": stored.delivery_id})
-        return IngestResult(stored.delivery_id, outcome)
+            await tx.execute(SET_OUTCOME, {"outcome": str(outcome), "id": delivery_id})
+        return IngestResult(delivery_id, outcome)
 
     async def store_failed(tx: Transaction, error_text: str) -> IngestResult:
         stored = await store(tx, outcome=DeliveryOutcome.FAILED, error=error_text)
-        if stored is None:  # a concurrent copy of this delivery got in first
-            return IngestResult(None, "duplicate")
+        if stored.duplicate:  # a concurrent copy of this delivery got in first
+            return IngestResult(stored.delivery_id, "duplicate")
         return IngestResult(stored.delivery_id, DeliveryOutcome.FAILED, error_text)
 
     return await apply_or_fail(database, apply=store_and_apply, fail=store_failed)
