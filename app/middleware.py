@@ -33,10 +33,12 @@ MAX_HEADER_COUNT = 100
 MAX_HEADER_BYTES = 64 * 1024
 # Credentials a request must carry at most once: with two, "the first one wins" in one layer
 # and "the last one wins" in another (a proxy, a log, a replayed capture) would disagree.
+# (Children are made when counted, not at import: the CLI imports this module too, before any
+# metrics directory a multi-worker serve sets up.)
 _SINGLE_HEADERS = {
-    b"authorization": AUTH_FAILURES.labels(reason="duplicate_header"),
-    b"x-nango-hmac-sha256": SIGNATURE_FAILURES.labels(reason=Refusal.DUPLICATE),
-    b"x-nango-signature": SIGNATURE_FAILURES.labels(reason=Refusal.DUPLICATE),
+    b"authorization": AUTH_FAILURES,
+    b"x-nango-hmac-sha256": SIGNATURE_FAILURES,
+    b"x-nango-signature": SIGNATURE_FAILURES,
 }
 _NOSNIFF = (b"x-content-type-options", b"nosniff")
 # Connection objects hold people's emails: no shared or browser cache may keep an API answer.
@@ -176,7 +178,7 @@ def _refusal(headers: list[tuple[bytes, bytes]]) -> ASGIApp | None:
         size += len(name) + len(value) + 4
         if name in _SINGLE_HEADERS:
             if name in seen:
-                _SINGLE_HEADERS[name].inc()
+                _SINGLE_HEADERS[name].labels(reason=Refusal.DUPLICATE).inc()
                 return _error(DUPLICATE_HEADER, f"{name.decode()} is given more than once")
             seen.add(name)
     if size > MAX_HEADER_BYTES:
