@@ -81,6 +81,11 @@ INVALID_BODY = _code(
     400,
     "the body's fields are invalid (`details.errors`), or a signed webhook is not UTF-8 JSON",
 )
+DUPLICATE_HEADER = _code(
+    "duplicate_header", 400, "`Authorization` or a signature header is given more than once"
+)
+INVALID_VALUE = _code("invalid_value", 400, "a value the database cannot hold, such as a NUL")
+QUERY_TOO_COMPLEX = _code("query_too_complex", 400, "the request asks the database for too much")
 UNAUTHORIZED = _code("unauthorized", 401, "no API key, or a wrong or revoked one")
 INVALID_SIGNATURE = _code(
     "invalid_signature",
@@ -88,10 +93,19 @@ INVALID_SIGNATURE = _code(
     "a webhook without a valid signature, or signed for another environment",
 )
 FORBIDDEN = _code("forbidden", 403, "a read-only API key asked for a change")
+CSRF_MISSING = _code("csrf_missing", 403, "a console form without its CSRF token (reload the page)")
+CSRF_INVALID = _code(
+    "csrf_invalid", 403, "a console form whose CSRF token is tampered with, expired or another's"
+)
+CONSOLE_READ_ONLY = _code(
+    "console_read_only", 403, "the console is read-only (`CONSOLE_READ_ONLY`)"
+)
 NOT_FOUND = _code(
     "not_found", 404, "no such route (or it is off: metrics disabled, legacy flow not configured)"
 )
 CONNECTION_NOT_FOUND = _code("connection_not_found", 404, "no such connection here")
+DELIVERY_NOT_FOUND = _code("delivery_not_found", 404, "no such stored delivery")
+KEY_NOT_FOUND = _code("key_not_found", 404, "no stored API key of that name")
 UNKNOWN_AT_NANGO = _code(
     "unknown_at_nango", 404, "Nango no longer has the connection (reconcile to catch up)"
 )
@@ -104,11 +118,7 @@ AMBIGUOUS_CONNECTION_ID = _code(
 DELETED = _code("deleted", 409, "the connection is deleted: start a new Connect session")
 UNATTRIBUTED = _code("unattributed", 409, "the connection has no owner to re-authorize it for")
 RECONCILE_RUNNING = _code("reconcile_running", 409, "another reconciliation holds the lease")
-DUPLICATE_HEADER = _code(
-    "duplicate_header", 400, "`Authorization` or a signature header is given more than once"
-)
-INVALID_VALUE = _code("invalid_value", 400, "a value the database cannot hold, such as a NUL")
-QUERY_TOO_COMPLEX = _code("query_too_complex", 400, "the request asks the database for too much")
+KEY_EXISTS = _code("key_exists", 409, "an API key of that name exists (names are never reused)")
 BODY_TIMEOUT = _code(
     "body_timeout", 408, "the body did not arrive within `REQUEST_BODY_TIMEOUT_SECONDS`"
 )

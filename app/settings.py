@@ -90,6 +90,13 @@ class Settings(BaseSettings):
     nango_legacy_hmac_key: SecretStr | None = None
     reconcile_interval_seconds: int | None = Field(default=None, ge=10)
 
+    # Operator console (/console/): on only when both are set
+    console_username: str | None = None
+    console_password: SecretStr | None = None
+    console_read_only: bool = False
+    console_csrf_max_age_seconds: int = Field(default=4 * 3600, ge=60, le=7 * 24 * 3600)
+    console_cache_seconds: float = Field(default=5.0, ge=0, le=3600)
+
     @field_validator("nango_webhook_signing_keys", "registry_api_keys", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
@@ -121,6 +128,19 @@ class Settings(BaseSettings):
             if sep and (not environment.strip() or not key.strip()):
                 raise ValueError("each entry is KEY or ENVIRONMENT=KEY, with neither part empty")
         return value
+
+    @field_validator("console_username", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @property
+    def console_enabled(self) -> bool:
+        return bool(
+            self.console_username
+            and self.console_password is not None
+            and self.console_password.get_secret_value()
+        )
 
     @property
     def is_sqlite(self) -> bool:

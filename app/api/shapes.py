@@ -27,11 +27,11 @@ from app.connections.model import (
     INTEGRATION_ID,
     MAX_TAG_VALUE,
     MAX_TAGS,
-    Connection,
     ConnectionStatus,
     check_tag_key,
     is_email,
 )
+from app.connections.public import connection_json as connection_json  # re-exported
 from app.connections.queries import HistoryEntry, IntegrationSummary
 
 DEFAULT_LIMIT = 50
@@ -114,49 +114,6 @@ class ConnectionPublic(Answer):
     created_at: datetime
     updated_at: datetime
     deleted_at: datetime | None
-
-
-def connection_json(connection: Connection) -> dict[str, Any]:
-    """``ConnectionPublic`` of a stored connection (datetimes stay datetimes)."""
-    error = None
-    if connection.status == ConnectionStatus.AUTH_ERROR or connection.error_type is not None:
-        error = {
-            "type": connection.error_type,
-            "description": connection.error_description,
-            "since": connection.error_since,
-        }
-    last_sync = None
-    if connection.last_sync_name is not None or connection.last_sync_at is not None:
-        last_sync = {
-            "name": connection.last_sync_name,
-            "model": connection.last_sync_model,
-            "success": connection.last_sync_success,
-            "at": connection.last_sync_at,
-            "error": connection.last_sync_error,
-        }
-    return {
-        "connection_id": connection.connection_id,
-        "integration_id": connection.integration_id,
-        "provider": connection.provider,
-        "environment": connection.environment,
-        "auth_mode": connection.auth_mode,
-        "end_user": {
-            "id": connection.end_user_id,
-            "email": connection.end_user_email,
-            "display_name": connection.end_user_display_name,
-        },
-        "organization": {
-            "id": connection.organization_id,
-            "display_name": connection.organization_display_name,
-        },
-        "tags": connection.tags,
-        "status": connection.status,
-        "error": error,
-        "last_sync": last_sync,
-        "created_at": connection.created_at,
-        "updated_at": connection.updated_at,
-        "deleted_at": connection.deleted_at,
-    }
 
 
 class ConnectionPage(Answer):
@@ -264,14 +221,16 @@ def summary_json(end_user_id: str, summaries: list[IntegrationSummary]) -> dict[
 # Queries ------------------------------------------------------------------------------------
 
 
-class Page(Query):
+class PageQuery(Query):
+    """`limit` and `cursor`, for every paginated list."""
+
     limit: int = Field(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT, description="page size")
     cursor: str | None = Field(
         None, min_length=1, description="`next_cursor` of the previous page (opaque, signed)"
     )
 
 
-class ConnectionListQuery(Page):
+class ConnectionListQuery(PageQuery):
     """``GET /v1/connections``: every filter given must match (``tag[KEY]`` too, see there)."""
 
     end_user_id: Filter | None = Field(None, description="owner's user ID")
@@ -297,7 +256,7 @@ class Selector(Query):
     )
 
 
-class HistoryQuery(Selector, Page):
+class HistoryQuery(Selector, PageQuery):
     pass
 
 
