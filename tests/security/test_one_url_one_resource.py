@@ -14,16 +14,16 @@ from sqlalchemy import Engine
 from starlette.testclient import TestClient
 
 from tests.fakes.nango import FakeNango
-from tests.rows import connection_row, insert_connection
+from tests.rows import add_connection, connection_row
 from tests.security.attacker import BEARER, serve
 
 TRICKY = ("X/events", "X/reconnect-session", "X/events/reconnect-session")
 
 
 def _arrange(engine: Engine) -> None:
-    insert_connection(engine, connection_id="X", end_user_id="owner-x")
+    add_connection(engine, connection_id="X", end_user_id="owner-x")
     for name in TRICKY:
-        insert_connection(
+        add_connection(
             engine, connection_id=name, end_user_id="team/alice", tags={"end_user_id": "team/alice"}
         )
 
