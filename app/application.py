@@ -49,9 +49,13 @@ def create_app(
     settings: Settings, *, nango_transport: httpx2.AsyncBaseTransport | None = None
 ) -> Starlette:
     """``nango_transport`` replaces the network under the Nango client (tests pass a fake Nango)."""
-    return Starlette(
+    app = Starlette(
         routes=[*ROUTES, *console_routes(settings)],
         middleware=[Middleware(RequestContextMiddleware), Middleware(RawPathRouting)],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan_for(settings, nango_transport=nango_transport),
     )
+    # Starlette would answer "/v1/connections/" with a redirect built from the Host header,
+    # which a client chooses: a path is answered as it is, or 404.
+    app.router.redirect_slashes = False
+    return app

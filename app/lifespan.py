@@ -62,7 +62,7 @@ def lifespan_for(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        database = create_database(settings)
+        database = create_database(settings, bounded=True)
         await database.open()
         http = httpx2.AsyncClient(
             timeout=httpx2.Timeout(settings.nango_timeout_seconds, connect=5.0),

@@ -69,6 +69,7 @@ class Settings(BaseSettings):
     web_concurrency: int = Field(default=1, ge=1, le=64)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     forwarded_allow_ips: str = "127.0.0.1"
+    request_body_timeout_seconds: float = Field(default=15.0, gt=0, le=600)
     secret_key: SecretStr | None = None
     graceful_shutdown_seconds: int = Field(default=20, ge=1, le=300)
 
@@ -77,6 +78,7 @@ class Settings(BaseSettings):
     database_pool_size: int = Field(default=5, ge=1, le=100)
     database_max_overflow: int = Field(default=2, ge=0, le=100)
     database_pool_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    database_statement_timeout_seconds: float = Field(default=5.0, gt=0, le=600)
 
     # Webhook receiver
     nango_webhook_signing_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)

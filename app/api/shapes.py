@@ -38,8 +38,11 @@ DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
 MAX_VALUE_LENGTH = 255
 
-# A value of a request body, taken as sent: 1 to 255 characters, not blank.
-Text = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"\S")]
+# A value of a request body, taken as sent: 1 to 255 characters, not blank, no NUL (which
+# Postgres text cannot hold, and which no ID or tag at Nango contains).
+Text = Annotated[
+    str, StringConstraints(min_length=1, max_length=255, pattern=r"^[^\x00]*[^\s\x00][^\x00]*$")
+]
 # A query filter: what can be stored, compared exactly.
 Filter = Annotated[
     str, StringConstraints(min_length=1, max_length=MAX_VALUE_LENGTH, pattern=r"^[^\x00]*$")
