@@ -88,6 +88,9 @@ NOT_FOUND = _code(
     "not_found", 404, "no such route (or it is off: metrics disabled, legacy flow not configured)"
 )
 CONNECTION_NOT_FOUND = _code("connection_not_found", 404, "no such connection here")
+CONNECT_SESSION_NOT_FOUND = _code(
+    "connect_session_not_found", 404, "no Connect session with this ID was opened here"
+)
 UNKNOWN_AT_NANGO = _code(
     "unknown_at_nango", 404, "Nango no longer has the connection (reconcile to catch up)"
 )

@@ -17,8 +17,9 @@ import httpx2
 from starlette.applications import Starlette
 
 from app.api.keys import ApiKeyCache, configured_key_hashes
+from app.connections.feed_signal import FeedSignal, close_on_exit_signals
 from app.connections.reconcile import run_schedule
-from app.db.database import create_database
+from app.db.database import create_database, postgres_conninfo
 from app.logs import get_logger
 from app.nango.client import NangoClient
 from app.settings import Settings
@@ -62,10 +63,15 @@ def lifespan_for(
             database=database,
             api_keys=ApiKeyCache(database, configured_key_hashes(settings)),
             nango=NangoClient.from_settings(settings, http),
+            feed_signal=FeedSignal(poll_interval=settings.feed_poll_interval_seconds),
         )
         schedule = _start_reconcile_schedule(state)
         if schedule is not None:
             state.background.append(schedule)
+        if not settings.is_sqlite:
+            listener = state.feed_signal.listen(postgres_conninfo(settings.database_url))
+            state.background.append(asyncio.create_task(listener, name="feed-listener"))
+        close_on_exit_signals(state.feed_signal)
         # Everything built so far (modules, settings, pools) lives as long as the process: kept
         # out of the garbage collector's generations, a full collection no longer walks it,
         # which took tens of milliseconds and made the latency tail (measured with make bench).
@@ -74,6 +80,7 @@ def lifespan_for(
         try:
             yield
         finally:
+            state.feed_signal.close()
             for task in state.background:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -13,6 +13,7 @@ from app.settings import Settings
 
 if TYPE_CHECKING:
     from app.api.keys import ApiKeyCache
+    from app.connections.feed_signal import FeedSignal
     from app.nango.client import NangoClient
 
 
@@ -22,6 +23,7 @@ class AppState:
     database: Database
     api_keys: ApiKeyCache
     nango: NangoClient
+    feed_signal: FeedSignal
     # Tasks started at start-up and cancelled at shutdown.
     background: list[asyncio.Task[None]] = field(default_factory=list)
 

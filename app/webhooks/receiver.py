@@ -33,6 +33,7 @@ from app.responses import JSONResponse
 from app.settings import Settings
 from app.state import app_state
 from app.webhooks.inbox import IngestResult, ingest, kept_headers
+from app.webhooks.model import DeliveryOutcome
 from app.webhooks.payloads import (
     Envelope,
     InvalidBody,
@@ -86,6 +87,9 @@ async def receive_webhook(request: Request) -> JSONResponse:
     body = await read_limited(request, settings.webhook_max_body_bytes)
     payload, envelope = _verify(request, settings, body)
     result = await _store(request, settings, body, payload, envelope)
+    if result.outcome == DeliveryOutcome.APPLIED:
+        # Committed: this process's streams and long polls need not wait for their next look.
+        app_state(request).feed_signal.poke()
     WEBHOOK_DELIVERIES.labels(type=envelope.webhook_type, outcome=result.outcome).inc()
     # The request's access line says what came in and what became of it (app.middleware).
     log_fields(request.scope).update(
