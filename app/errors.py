@@ -110,6 +110,9 @@ NOT_FOUND = _code(
 CONNECTION_NOT_FOUND = _code("connection_not_found", 404, "no such connection here")
 DELIVERY_NOT_FOUND = _code("delivery_not_found", 404, "no such stored delivery")
 KEY_NOT_FOUND = _code("key_not_found", 404, "no stored API key of that name")
+CONNECT_SESSION_NOT_FOUND = _code(
+    "connect_session_not_found", 404, "no Connect session with this ID was opened here"
+)
 UNKNOWN_AT_NANGO = _code(
     "unknown_at_nango", 404, "Nango no longer has the connection (reconcile to catch up)"
 )

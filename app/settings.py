@@ -148,6 +148,10 @@ class Settings(BaseSettings):
         # pydantic already takes true/True/TRUE, yes, on, 1...; surrounding spaces too here.
         return value.strip() if isinstance(value, str) else value
 
+    # Change feed (streams and Connect-session long polls)
+    feed_heartbeat_seconds: float = Field(default=15.0, gt=0, le=300)
+    feed_poll_interval_seconds: float = Field(default=1.0, gt=0, le=60)
+
     @field_validator("nango_webhook_signing_keys", "registry_api_keys", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
