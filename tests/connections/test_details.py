@@ -13,6 +13,8 @@ from sqlmodel import Session, SQLModel
 from starlette.testclient import TestClient
 
 from app.api.keys import hash_key
+from app.connections import detail_fetches
+from app.connections.details import ConnectionUpdate
 from app.db.tables import ApiKeyTable
 from app.state import AppState
 from tests import secret_scan
@@ -457,3 +459,33 @@ def test_no_credential_reaches_a_table_an_answer_or_a_log(
     logged = [chunk for _, chunk in secret_scan.CAPTURE.chunks[before:]]
     assert logged
     assert not [chunk for chunk in logged if CREDENTIAL_MARKER in chunk]
+
+
+def test_fetch_requests_are_bounded_and_unknown_connections_are_left_alone(
+    make_client: Any, fake_nango: FakeNango, sync_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api = make_client(connection_details_retry_seconds=0.01)
+    details = _state(api).details
+    assert details is not None
+    # A creation Nango does not know (any more): nothing to store, nothing recorded.
+    post_webhook(api, auth_body(connection_id="vanished"))
+    settle(api)
+    assert actions(sync_engine, "vanished") == [("webhook", "creation")]
+    # Not stored here: the fetch ends without calling Nango.
+    assert api.portal is not None
+    key = {"environment": "prod", "integration_id": "github", "connection_id": "nowhere"}
+    assert api.portal.call(lambda: _request(details, key))
+    settle(api)
+    assert fake_nango.requests_to("GET", "/connections/nowhere") == []
+    # Beyond the bound, requests are dropped (reconcile fills them in).
+    monkeypatch.setattr(detail_fetches, "MAX_PENDING", 0)
+    assert not api.portal.call(lambda: _request(details, key))
+
+
+async def _request(details: detail_fetches.DetailFetches, key: dict[str, str]) -> bool:
+    return details.request(**key)
+
+
+def test_an_update_names_owner_fields_only() -> None:
+    with pytest.raises(ValueError, match="not owner fields"):
+        ConnectionUpdate(owner={"plan": "pro"})
