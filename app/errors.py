@@ -82,14 +82,14 @@ INVALID_BODY = _code(
     400,
     "the body's fields are invalid (`details.errors`), or a signed webhook is not UTF-8 JSON",
 )
-TOO_MANY_TAGS = _code(
-    "too_many_tags", 400, "a change would leave a connection more tags than Nango takes (10)"
-)
 DUPLICATE_HEADER = _code(
     "duplicate_header", 400, "`Authorization` or a signature header is given more than once"
 )
 INVALID_VALUE = _code("invalid_value", 400, "a value the database cannot hold, such as a NUL")
 QUERY_TOO_COMPLEX = _code("query_too_complex", 400, "the request asks the database for too much")
+TOO_MANY_TAGS = _code(
+    "too_many_tags", 400, "a change would leave a connection more tags than Nango takes (10)"
+)
 UNAUTHORIZED = _code("unauthorized", 401, "no API key, or a wrong or revoked one")
 INVALID_SIGNATURE = _code(
     "invalid_signature",

@@ -186,10 +186,10 @@ class ConnectionItem(HTTPEndpoint):
         await require_api_key(request, write=True)
         selector = parse_query(WriteSelector, request.query_params)
         payload = await parse_body(ConnectionUpdateRequest, request)
-        connection = _live(await _addressed_here(request, selector.integration_id))
+        connection = live(await _addressed_here(request, selector.integration_id))
         state = app_state(request)
         update = details.ConnectionUpdate(owner=payload.owner(), tags=payload.tags)
-        with _details_errors():
+        with details_errors():
             updated = await details.update_connection(
                 database=state.database, nango=state.nango, connection=connection, update=update
             )
@@ -346,14 +346,14 @@ async def reconnect_session(state: AppState, connection: Connection) -> dict[str
             ) from None
 
 
-def _live(connection: Connection) -> Connection:
+def live(connection: Connection) -> Connection:
     if connection.status == ConnectionStatus.DELETED:
         raise Conflict("the connection is deleted: start a new Connect session", code=DELETED)
     return connection
 
 
 @contextmanager
-def _details_errors() -> Iterator[None]:
+def details_errors() -> Iterator[None]:
     """The service's refusals (app.connections.details) and Nango's, as this API's errors."""
     with nango_errors():
         try:
@@ -380,7 +380,7 @@ class ConnectionRefresh(HTTPEndpoint):
         selector = parse_query(WriteSelector, request.query_params)
         connection = await _addressed_here(request, selector.integration_id)
         state = app_state(request)
-        with _details_errors():
+        with details_errors():
             refreshed = await details.refresh_connection(
                 database=state.database, nango=state.nango, connection=connection
             )
@@ -415,9 +415,9 @@ async def _write_metadata(request: Request, mode: details.MetadataMode) -> JSONR
     await require_api_key(request, write=True)
     selector = parse_query(WriteSelector, request.query_params)
     payload = await parse_body(MetadataRequest, request)
-    connection = _live(await _addressed_here(request, selector.integration_id))
+    connection = live(await _addressed_here(request, selector.integration_id))
     state = app_state(request)
-    with _details_errors():
+    with details_errors():
         written = await details.write_metadata(
             database=state.database,
             nango=state.nango,

@@ -107,6 +107,7 @@ class DeliveryTable(SQLModel, table=True):
     """The inbox: every verified webhook delivery, stored before it is acknowledged."""
 
     __tablename__ = "deliveries"
+    __table_args__ = (Index("ix_deliveries_outcome_id", "outcome", "id"),)
 
     id: int | None = _id_column()
     # SHA-256 of the raw body; a repeat outside the dedupe window archives the older row's key
