@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -151,3 +152,11 @@ def test_warnings_for_what_will_surely_fail(monkeypatch: pytest.MonkeyPatch) -> 
         "REGISTRY_API_KEYS is shorter than 32 characters: easy to guess",
         "SECRET_KEY is shorter than 32 characters: easy to guess",
     ]
+
+
+def test_readme_names_the_release_that_brought_the_hmac_header() -> None:
+    """X-Nango-Hmac-Sha256 shipped in 0.69.15, not 0.69.14 (docs/nango.md, Correction 6)."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if "`NANGO_ACCEPT_LEGACY_SIGNATURE` |" in line)
+    assert "0.69.15" in row
+    assert "0.69.14" not in readme
