@@ -18,8 +18,9 @@ from starlette.applications import Starlette
 
 from app.api.keys import ApiKeyCache, configured_key_hashes
 from app.connections.detail_fetches import DetailFetches
+from app.connections.feed_signal import FeedSignal, close_on_exit_signals
 from app.connections.reconcile import run_schedule
-from app.db.database import Database, create_database
+from app.db.database import Database, create_database, postgres_conninfo
 from app.db.readiness import readiness_problem
 from app.logs import get_logger
 from app.nango.client import NangoClient
@@ -62,7 +63,7 @@ def lifespan_for(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        database = create_database(settings)
+        database = create_database(settings, bounded=True)
         await database.open()
         http = httpx2.AsyncClient(
             timeout=httpx2.Timeout(settings.nango_timeout_seconds, connect=5.0),
@@ -74,6 +75,7 @@ def lifespan_for(
             database=database,
             api_keys=ApiKeyCache(database, configured_key_hashes(settings)),
             nango=NangoClient.from_settings(settings, http),
+            feed_signal=FeedSignal(poll_interval=settings.feed_poll_interval_seconds),
         )
         state.details = DetailFetches(
             database=database,
@@ -89,6 +91,10 @@ def lifespan_for(
             from app.console.figures import start_figures  # only with the console on
 
             state.background.append(start_figures(state))
+        if not settings.is_sqlite:
+            listener = state.feed_signal.listen(postgres_conninfo(settings.database_url))
+            state.background.append(asyncio.create_task(listener, name="feed-listener"))
+        close_on_exit_signals(state.feed_signal)
         # Everything built so far (modules, settings, pools) lives as long as the process: kept
         # out of the garbage collector's generations, a full collection no longer walks it,
         # which took tens of milliseconds and made the latency tail (measured with make bench).
@@ -98,6 +104,7 @@ def lifespan_for(
             yield
         finally:
             await state.details.close()
+            state.feed_signal.close()
             for task in (readiness, *state.background):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -69,6 +69,7 @@ class Settings(BaseSettings):
     web_concurrency: int = Field(default=1, ge=1, le=64)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     forwarded_allow_ips: str = "127.0.0.1"
+    request_body_timeout_seconds: float = Field(default=15.0, gt=0, le=600)
     secret_key: SecretStr | None = None
     graceful_shutdown_seconds: int = Field(default=20, ge=1, le=300)
 
@@ -77,6 +78,7 @@ class Settings(BaseSettings):
     database_pool_size: int = Field(default=5, ge=1, le=100)
     database_max_overflow: int = Field(default=2, ge=0, le=100)
     database_pool_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    database_statement_timeout_seconds: float = Field(default=5.0, gt=0, le=600)
 
     # Webhook receiver
     nango_webhook_signing_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
@@ -145,6 +147,10 @@ class Settings(BaseSettings):
     def _boolean_in_any_case(cls, value: object) -> object:
         # pydantic already takes true/True/TRUE, yes, on, 1...; surrounding spaces too here.
         return value.strip() if isinstance(value, str) else value
+
+    # Change feed (streams and Connect-session long polls)
+    feed_heartbeat_seconds: float = Field(default=15.0, gt=0, le=300)
+    feed_poll_interval_seconds: float = Field(default=1.0, gt=0, le=60)
 
     @field_validator("nango_webhook_signing_keys", "registry_api_keys", mode="before")
     @classmethod

@@ -14,6 +14,7 @@ from app.settings import Settings
 if TYPE_CHECKING:
     from app.api.keys import ApiKeyCache
     from app.connections.detail_fetches import DetailFetches
+    from app.connections.feed_signal import FeedSignal
     from app.console.figures import FigureCache
     from app.nango.client import NangoClient
 
@@ -24,6 +25,7 @@ class AppState:
     database: Database
     api_keys: ApiKeyCache
     nango: NangoClient
+    feed_signal: FeedSignal
     # Tasks started at start-up and cancelled at shutdown.
     background: list[asyncio.Task[None]] = field(default_factory=list)
     # Configuration and metadata fetched after webhooks (closed at shutdown); None: not fetched.

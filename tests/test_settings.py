@@ -98,6 +98,14 @@ def test_the_console_script_stops_without_a_traceback(tmp_path: object) -> None:
     assert "secret-key-value" not in result.stderr + result.stdout
 
 
+def test_readme_names_the_release_that_brought_the_hmac_header() -> None:
+    """X-Nango-Hmac-Sha256 shipped in 0.69.15, not 0.69.14 (docs/nango.md, Correction 6)."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if "`NANGO_ACCEPT_LEGACY_SIGNATURE` |" in line)
+    assert "0.69.15" in row
+    assert "0.69.14" not in readme
+
+
 @pytest.mark.parametrize("level", ["DEBUG", "Debug", " warning ", "ERROR"])
 def test_log_level_in_any_case(level: str) -> None:
     assert Settings(_env_file=None, log_level=level).log_level == level.strip().lower()
@@ -152,11 +160,3 @@ def test_warnings_for_what_will_surely_fail(monkeypatch: pytest.MonkeyPatch) -> 
         "REGISTRY_API_KEYS is shorter than 32 characters: easy to guess",
         "SECRET_KEY is shorter than 32 characters: easy to guess",
     ]
-
-
-def test_readme_names_the_release_that_brought_the_hmac_header() -> None:
-    """X-Nango-Hmac-Sha256 shipped in 0.69.15, not 0.69.14 (docs/nango.md, Correction 6)."""
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    row = next(line for line in readme.splitlines() if "`NANGO_ACCEPT_LEGACY_SIGNATURE` |" in line)
-    assert "0.69.15" in row
-    assert "0.69.14" not in readme

@@ -13,6 +13,7 @@ from typing import Any
 import uvicorn
 
 from app.logs import configure_logging, get_logger
+from app.middleware import MAX_HEADER_BYTES
 from app.settings import (
     Settings,
     configuration_summary,
@@ -45,6 +46,10 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         # (uvicorn's default is 5): a worker still importing the app on a busy or cold machine
         # was killed and respawned in a loop, so it never started.
         "timeout_worker_healthcheck": 30,
+        # With h11 (uvicorn's pure-Python parser) a request's headers may fill this much before
+        # it is refused; app.middleware refuses more than MAX_HEADER_BYTES with 431. httptools,
+        # used when installed, has no such bound: README, "Deploy".
+        "h11_max_incomplete_event_size": MAX_HEADER_BYTES + 8 * 1024,
     }
 
 

@@ -130,7 +130,7 @@ def serve(
 
 def _wait_until_serving(server: Server, workers: int) -> None:
     """Until /healthz answers and every worker has started (one can answer before the other)."""
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
             pytest.fail(f"serve exited with {server.process.returncode}:\n{server.output()}")
@@ -141,7 +141,7 @@ def _wait_until_serving(server: Server, workers: int) -> None:
         except OSError:
             pass
         time.sleep(0.1)
-    pytest.fail(f"serve did not answer /healthz within 30 s:\n{server.output()}")
+    pytest.fail(f"serve did not answer /healthz within 60 s:\n{server.output()}")
 
 
 @dataclass
