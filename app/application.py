@@ -14,6 +14,7 @@ from app.api import (
     legacy,
     openapi,
     reconciliation,
+    subscriptions,
 )
 from app.errors import EXCEPTION_HANDLERS
 from app.lifespan import lifespan_for
@@ -28,6 +29,7 @@ ROUTES = [
     *end_users.routes,
     *connect_sessions.routes,
     *reconciliation.routes,
+    *subscriptions.routes,
     *legacy.routes,
     *probes.routes,
     *openapi.routes,

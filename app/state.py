@@ -14,6 +14,7 @@ from app.settings import Settings
 if TYPE_CHECKING:
     from app.api.keys import ApiKeyCache
     from app.nango.client import NangoClient
+    from app.subscriptions.dispatcher import Dispatcher
 
 
 @dataclass
@@ -22,6 +23,8 @@ class AppState:
     database: Database
     api_keys: ApiKeyCache
     nango: NangoClient
+    # None when SUBSCRIPTION_DISPATCH=false.
+    dispatcher: Dispatcher | None = None
     # Tasks started at start-up and cancelled at shutdown.
     background: list[asyncio.Task[None]] = field(default_factory=list)
 

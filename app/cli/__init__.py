@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from app.cli import api_keys, database, nango_commands, replay, serve
+from app.cli import api_keys, database, nango_commands, replay, serve, subscriptions
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,7 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Own the link between your users and their Nango connections.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (serve, database, replay, api_keys, nango_commands):
+    for module in (serve, database, replay, api_keys, nango_commands, subscriptions):
         module.register(commands)
     return parser
 
