@@ -1,8 +1,10 @@
 """Every read and write of subscriptions, their outbox rows and their attempts.
 
-The outbox is filled in the transaction that appends a feed event (``enqueue_event``), so a
-delivery is due exactly when its event commits, and never without it. ``replay`` queues events
-again from a point, through the same matching statement.
+The outbox is filled by the database itself: a trigger on ``feed_events`` (migration 0006)
+inserts one delivery per matching subscription in the transaction that appends the event, so a
+delivery is due exactly when its event commits, and never without it, whichever code path
+appended it. ``replay`` queues events again from a point with the same matching rules
+(``_MATCH`` here, the trigger's WHERE there; a test holds them together).
 """
 
 from __future__ import annotations
@@ -10,10 +12,9 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
-from app.db.database import Database, Transaction, sql
+from app.db.database import Database, sql
 from app.db.types import utcnow
 from app.subscriptions import signing
 from app.subscriptions.model import (
@@ -54,39 +55,23 @@ SAVE = sql(
 )
 DELETE = sql(f"DELETE FROM subscriptions WHERE id = :id RETURNING {SUBSCRIPTION_COLUMNS}")  # noqa: S608
 
-# Which subscriptions an event goes to: every filter a subscription sets must match the event.
-_MATCH = (
-    " FROM feed_events e JOIN subscriptions s"
+# Which events a subscription is sent: every filter it sets must match the event.
+_REPLAY = (
+    "INSERT INTO subscription_deliveries (subscription_id, event_id, connection_pk, status,"
+    " tries, next_attempt_at, created_at) SELECT s.id, e.id, e.connection_pk, 'pending', 0,"
+    " :now, :now FROM feed_events e JOIN subscriptions s"
     " ON (s.end_user_id IS NULL OR s.end_user_id = e.end_user_id)"
     " AND (s.organization_id IS NULL OR s.organization_id = e.organization_id)"
     " AND (s.integration_id IS NULL OR s.integration_id = e.integration_id)"
     " AND (s.event_types IS NULL OR {has_type})"
+    " WHERE s.id = :subscription_id AND e.id > :after ORDER BY e.id LIMIT :limit"
+    " RETURNING event_id"
 )
-_SQLITE_HAS_TYPE = "EXISTS (SELECT 1 FROM json_each(s.event_types) t WHERE t.value = e.type)"
-_POSTGRES_HAS_TYPE = "s.event_types ? e.type"
-_QUEUE = (
-    "INSERT INTO subscription_deliveries (subscription_id, event_id, connection_pk, status,"
-    " tries, next_attempt_at, created_at) SELECT s.id, e.id, e.connection_pk, 'pending', 0,"
-    " :now, :now"
-)
-
-
-def _matching(tail: str) -> Any:
-    return sql(
-        _QUEUE + _MATCH.format(has_type=_SQLITE_HAS_TYPE) + tail,
-        postgres=_QUEUE + _MATCH.format(has_type=_POSTGRES_HAS_TYPE) + tail,
-    )
-
-
-# Paused subscriptions keep queueing (resumed, they receive what happened meanwhile); disabled
-# ones do not (a consumer gone for days would otherwise come back to an unbounded backlog).
-ENQUEUE = _matching(" WHERE e.id = :event_id AND s.status IN ('active', 'paused')")
-ENQUEUE_RANGE = _matching(
-    " WHERE e.id BETWEEN :first_id AND :last_id AND s.status IN ('active', 'paused')"
-    " ORDER BY e.id, s.id"
-)
-REPLAY = _matching(
-    " WHERE s.id = :subscription_id AND e.id > :after ORDER BY e.id LIMIT :limit RETURNING event_id"
+REPLAY = sql(
+    _REPLAY.format(
+        has_type="EXISTS (SELECT 1 FROM json_each(s.event_types) t WHERE t.value = e.type)"
+    ),
+    postgres=_REPLAY.format(has_type="s.event_types ? e.type"),
 )
 
 ATTEMPTS = sql(
@@ -103,16 +88,6 @@ def subscription_from_row(row: tuple[Any, ...]) -> Subscription:
     values = list(row)
     values[6] = SubscriptionStatus(values[6])
     return Subscription(*values)
-
-
-async def enqueue_event(tx: Transaction, *, event_id: int, now: datetime) -> None:
-    """Queue one delivery per matching subscription, in the event's own transaction."""
-    await tx.execute(ENQUEUE, {"event_id": event_id, "now": now})
-
-
-async def enqueue_events(tx: Transaction, *, first_id: int, last_id: int, now: datetime) -> None:
-    """The same for a run of events appended together (their ids in order)."""
-    await tx.execute(ENQUEUE_RANGE, {"first_id": first_id, "last_id": last_id, "now": now})
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,59 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
+# The transactional outbox: appending a feed event queues one delivery per matching subscription
+# in the same transaction (app/subscriptions/store.py keeps the same matching rules for replays).
+# Paused subscriptions keep queueing; disabled ones do not.
+_MATCH = """
+    FROM subscriptions s
+    WHERE s.status IN ('active', 'paused')
+      AND (s.end_user_id IS NULL OR s.end_user_id = NEW.end_user_id)
+      AND (s.organization_id IS NULL OR s.organization_id = NEW.organization_id)
+      AND (s.integration_id IS NULL OR s.integration_id = NEW.integration_id)
+      AND (s.event_types IS NULL OR {has_type})
+    ORDER BY s.id;
+"""
+_QUEUE = """
+    INSERT INTO subscription_deliveries
+        (subscription_id, event_id, connection_pk, status, tries, next_attempt_at, created_at)
+    SELECT s.id, NEW.id, NEW.connection_pk, 'pending', 0, NEW.occurred_at, NEW.occurred_at
+"""
+POSTGRES_FUNCTION = (
+    "CREATE FUNCTION subscriptions_fan_out() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+    + _QUEUE
+    + _MATCH.format(has_type="s.event_types ? NEW.type")
+    + " RETURN NULL; END $$"
+)
+POSTGRES_TRIGGER = (
+    "CREATE TRIGGER feed_events_fan_out AFTER INSERT ON feed_events"
+    " FOR EACH ROW EXECUTE FUNCTION subscriptions_fan_out()"
+)
+SQLITE_TRIGGER = (
+    "CREATE TRIGGER feed_events_fan_out AFTER INSERT ON feed_events BEGIN"  # noqa: S608
+    + _QUEUE
+    + _MATCH.format(
+        has_type="EXISTS (SELECT 1 FROM json_each(s.event_types) t WHERE t.value = NEW.type)"
+    )
+    + " END"
+)
+
+
+def _create_trigger() -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute(POSTGRES_FUNCTION)
+        op.execute(POSTGRES_TRIGGER)
+    else:
+        op.execute(SQLITE_TRIGGER)
+
+
+def _drop_trigger() -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute("DROP TRIGGER IF EXISTS feed_events_fan_out ON feed_events")
+        op.execute("DROP FUNCTION IF EXISTS subscriptions_fan_out()")
+    else:
+        op.execute("DROP TRIGGER IF EXISTS feed_events_fan_out")
+
+
 def upgrade() -> None:
     """Upgrade schema."""
 
@@ -145,9 +198,12 @@ def upgrade() -> None:
             "ix_subscription_attempts_subscription_id_id", ["subscription_id", "id"], unique=False
         )
 
+    _create_trigger()
+
 
 def downgrade() -> None:
     """Downgrade schema."""
+    _drop_trigger()
 
     with op.batch_alter_table("subscription_attempts", schema=None) as batch_op:
         batch_op.drop_index("ix_subscription_attempts_subscription_id_id")

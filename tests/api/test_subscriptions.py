@@ -206,7 +206,7 @@ def test_delete(api: TestClient, auth_headers: dict[str, str]) -> None:
 @pytest.mark.parametrize("raw", ["0", "abc", "99999999999999999999", "12", "-1", "\u0661"])
 def test_unknown_ids_are_404(api: TestClient, auth_headers: dict[str, str], raw: str) -> None:
     for method, suffix in (("GET", ""), ("PATCH", ""), ("DELETE", ""), ("GET", "/attempts")):
-        body = {} if method == "PATCH" else None
+        body: dict[str, Any] | None = {} if method == "PATCH" else None
         response = api.request(
             method, f"/v1/subscriptions/{raw}{suffix}", json=body, headers=auth_headers
         )
@@ -238,12 +238,14 @@ def test_every_route_needs_a_full_access_key(
 def add_attempts(engine: Engine, subscription_id: int, count: int) -> None:
     now = datetime.now(UTC)
     with engine.begin() as conn:
-        delivery = conn.execute(
+        inserted = conn.execute(
             insert(DELIVERIES).values(
                 subscription_id=subscription_id, event_id=9, connection_pk=1, status="pending",
                 tries=count, next_attempt_at=now, created_at=now,
             )
-        ).inserted_primary_key[0]  # fmt: skip
+        ).inserted_primary_key  # fmt: skip
+        assert inserted is not None
+        delivery = inserted[0]
         for n in range(1, count + 1):
             conn.execute(
                 insert(ATTEMPTS).values(

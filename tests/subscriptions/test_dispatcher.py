@@ -27,6 +27,7 @@ from app.subscriptions import dispatcher as dispatcher_module
 from app.subscriptions import store
 from app.subscriptions.dispatcher import Dispatcher
 from app.subscriptions.events import Message
+from app.subscriptions.model import Outcome
 from tests import secret_scan
 from tests.conftest import TEST_SECRET
 
@@ -70,7 +71,9 @@ def queue(engine: Engine, subscription_id: int, *events: tuple[int, int]) -> lis
                 "next_attempt_at": now,
                 "created_at": now,
             }
-            ids.append(conn.execute(insert(DELIVERIES).values(row)).inserted_primary_key[0])
+            inserted = conn.execute(insert(DELIVERIES).values(row)).inserted_primary_key
+            assert inserted is not None
+            ids.append(inserted[0])
     return ids
 
 
@@ -267,7 +270,7 @@ async def test_an_expired_lease_is_taken_again_and_the_late_result_is_not_applie
     alive = make_dispatcher(Subscriber())
     await run_until(alive, lambda: rows(sync_engine, DELIVERIES)[0].status == "succeeded")
     # The first holder's answer arrives late: recorded as an attempt, the delivery unchanged.
-    await dead._record(claimed, dispatcher_module.Result(dispatcher_module.Outcome.FAILED, 5, 500))
+    await dead._record(claimed, dispatcher_module.Result(Outcome.FAILED, 5, 500))
     assert rows(sync_engine, DELIVERIES)[0].status == "succeeded"
     assert [row.outcome for row in rows(sync_engine, ATTEMPTS)] == ["succeeded", "failed"]
 
