@@ -58,16 +58,22 @@ MAX_SENDS_PER_PROCESS = 32
 SHUTDOWN_GRACE_SECONDS = 5.0
 BACKLOG_EVERY_SECONDS = 5.0
 
+# Due deliveries that wait for no earlier one of their connection, oldest first, a page at a time
+# (keyset on next_attempt_at, id).
 CANDIDATES = sql(
-    "SELECT d.id, d.subscription_id FROM subscription_deliveries d"
+    "SELECT d.id, d.subscription_id, d.next_attempt_at FROM subscription_deliveries d"
     " JOIN subscriptions s ON s.id = d.subscription_id"
     " WHERE d.status = 'pending' AND d.next_attempt_at <= :now"
+    " AND (d.next_attempt_at, d.id) > (:after_time, :after_id)"
     " AND (d.lease_until IS NULL OR d.lease_until <= :now) AND s.status = 'active'"
     " AND NOT EXISTS (SELECT 1 FROM subscription_deliveries e"
     " WHERE e.subscription_id = d.subscription_id AND e.connection_pk = d.connection_pk"
     " AND e.status = 'pending' AND e.id < d.id)"
     " ORDER BY d.next_attempt_at, d.id LIMIT :limit"
 )
+# Pages of candidates read per claim: enough to get past a subscription that is full (at
+# SUBSCRIPTION_MAX_IN_FLIGHT) to the others, bounded so a huge backlog costs a bounded read.
+CANDIDATE_PAGES = 4
 IN_FLIGHT = sql(
     "SELECT subscription_id, COUNT(*) FROM subscription_deliveries"
     " WHERE status = 'pending' AND lease_until > :now GROUP BY subscription_id"
@@ -220,19 +226,7 @@ class Dispatcher:
         if room <= 0:
             return []
         now = utcnow()
-        async with self._database.reader() as tx:
-            candidates = await tx.fetchall(CANDIDATES, {"now": now, "limit": room * 4})
-            in_flight: Counter[int] = Counter(dict(await tx.fetchall(IN_FLIGHT, {"now": now})))
-        chosen = []
-        for delivery_id, subscription_id in candidates:
-            if delivery_id in self._sending:
-                continue
-            if in_flight[subscription_id] >= self._settings.subscription_max_in_flight:
-                continue
-            in_flight[subscription_id] += 1
-            chosen.append(delivery_id)
-            if len(chosen) == room:
-                break
+        chosen = await self._choose(now, room)
         if not chosen:
             return []
         until = now + timedelta(seconds=lease_seconds(self._settings))
@@ -244,6 +238,30 @@ class Dispatcher:
                 if row is not None:
                     claimed.append(Claimed(*row))
         return claimed
+
+    async def _choose(self, now: datetime, room: int) -> list[int]:
+        """Up to ``room`` candidates, no subscription beyond its share of requests in flight."""
+        limit = self._settings.subscription_max_in_flight
+        chosen: list[int] = []
+        after: tuple[datetime, int] = (now - timedelta(days=3650), 0)
+        async with self._database.reader() as tx:
+            in_flight: Counter[int] = Counter(dict(await tx.fetchall(IN_FLIGHT, {"now": now})))
+            for _ in range(CANDIDATE_PAGES):
+                page = await tx.fetchall(
+                    CANDIDATES,
+                    {"now": now, "limit": room * 4, "after_time": after[0], "after_id": after[1]},
+                )
+                for delivery_id, subscription_id, _due in page:
+                    if delivery_id in self._sending or in_flight[subscription_id] >= limit:
+                        continue
+                    in_flight[subscription_id] += 1
+                    chosen.append(delivery_id)
+                    if len(chosen) == room:
+                        return chosen
+                if len(page) < room * 4:
+                    break
+                after = (page[-1][2], page[-1][0])
+        return chosen
 
     async def _measure_backlog(self) -> None:
         if time.monotonic() - self._backlog_at < BACKLOG_EVERY_SECONDS:

@@ -381,3 +381,18 @@ async def test_a_database_failure_while_claiming_is_logged_and_retried(
 
     monkeypatch.setattr(dispatcher, "claim", broken)
     await run_until(dispatcher, lambda: calls >= 2)
+
+
+async def test_a_full_subscription_does_not_hold_back_the_others(
+    database: Database,
+    sync_engine: Engine,
+    make_dispatcher: Callable[..., Dispatcher],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(dispatcher_module, "MAX_SENDS_PER_PROCESS", 2)  # pages of 8 candidates
+    busy, _ = await subscribe(database)
+    calm, _ = await subscribe(database)
+    queue(sync_engine, busy, *((n, n) for n in range(1, 21)))
+    queue(sync_engine, calm, (1, 1))
+    claimed = await make_dispatcher(Subscriber(), subscription_max_in_flight=1).claim()
+    assert sorted(item.subscription_id for item in claimed) == [busy, calm]
