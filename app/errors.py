@@ -1,5 +1,9 @@
 """Errors, and the one JSON shape they take: ``{"error": {"code": "...", "message": "..."}}``.
 
+Every code this service answers is in ``ERROR_CODES`` below, with its status and meaning; the
+code that raises an error names one of them, and ``tests/test_errors.py`` checks that the
+README's table of error codes says the same. A new code is added there first.
+
 Hierarchy::
 
     ApiError                    any error this service answers on purpose
@@ -22,6 +26,7 @@ carries no detail.
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import dataclass, replace
 from typing import Any
 
 import psycopg
@@ -37,64 +42,140 @@ from app.responses import JSONResponse
 log = get_logger(__name__)
 
 
+@dataclass(frozen=True, slots=True)
+class ErrorCode:
+    """One ``error.code`` this service answers, with its HTTP status and what it means."""
+
+    code: str
+    status: int
+    meaning: str
+
+    def for_nango(self, nango_code: str) -> ErrorCode:
+        """``nango_<Nango's code>``: the family of Nango's refusals, with Nango's own code."""
+        return replace(self, code=f"nango_{nango_code}")
+
+
+ERROR_CODES: dict[str, ErrorCode] = {}
+
+
+def _code(code: str, status: int, meaning: str) -> ErrorCode:
+    assert code not in ERROR_CODES, code
+    ERROR_CODES[code] = entry = ErrorCode(code, status, meaning)
+    return entry
+
+
+BAD_REQUEST = _code("bad_request", 400, "the request is malformed (the message says how)")
+INVALID_PARAMETER = _code(
+    "invalid_parameter", 400, "a query parameter is unknown or invalid; `details.parameter`"
+)
+INVALID_CURSOR = _code(
+    "invalid_cursor", 400, "a cursor that was tampered with, is from elsewhere or other filters"
+)
+INVALID_JSON = _code("invalid_json", 400, "the request body is not a JSON object")
+INVALID_BODY = _code(
+    "invalid_body",
+    400,
+    "the body's fields are invalid (`details.errors`), or a signed webhook is not UTF-8 JSON",
+)
+UNAUTHORIZED = _code("unauthorized", 401, "no API key, or a wrong or revoked one")
+INVALID_SIGNATURE = _code(
+    "invalid_signature",
+    401,
+    "a webhook without a valid signature, or signed for another environment",
+)
+FORBIDDEN = _code("forbidden", 403, "a read-only API key asked for a change")
+NOT_FOUND = _code(
+    "not_found", 404, "no such route (or it is off: metrics disabled, legacy flow not configured)"
+)
+CONNECTION_NOT_FOUND = _code("connection_not_found", 404, "no such connection here")
+UNKNOWN_AT_NANGO = _code(
+    "unknown_at_nango", 404, "Nango no longer has the connection (reconcile to catch up)"
+)
+METHOD_NOT_ALLOWED = _code("method_not_allowed", 405, "the route exists, not with this method")
+AMBIGUOUS_CONNECTION_ID = _code(
+    "ambiguous_connection_id",
+    409,
+    "a legacy connection ID names several connections: add `integration_id` (and `environment`)",
+)
+DELETED = _code("deleted", 409, "the connection is deleted: start a new Connect session")
+UNATTRIBUTED = _code("unattributed", 409, "the connection has no owner to re-authorize it for")
+RECONCILE_RUNNING = _code("reconcile_running", 409, "another reconciliation holds the lease")
+PAYLOAD_TOO_LARGE = _code("payload_too_large", 413, "the body is over the size limit")
+INTERNAL_ERROR = _code("internal_error", 500, "a bug: the service logs have the traceback")
+NANGO_REFUSED = _code(
+    "nango_<Nango's code>",
+    502,
+    "Nango refused the call, e.g. `nango_invalid_body`; `details.nango_status`, `nango_code`",
+)
+NANGO_UNAVAILABLE = _code(
+    "nango_unavailable", 502, "Nango did not answer usefully after `NANGO_MAX_RETRIES` retries"
+)
+DATABASE_UNAVAILABLE_CODE = _code(
+    "database_unavailable", 503, "the database did not answer; retry after `Retry-After`"
+)
+STORAGE_UNAVAILABLE = _code(
+    "storage_unavailable", 503, "a webhook could not be stored; Nango retries it"
+)
+NOT_CONFIGURED = _code(
+    "not_configured", 503, "no webhook signing key is set (`NANGO_WEBHOOK_SIGNING_KEYS`)"
+)
+NANGO_NOT_CONFIGURED = _code("nango_not_configured", 503, "`NANGO_SECRET_KEY` is not set")
+
+
 class ApiError(Exception):
-    status_code = 500
-    code = "internal_error"
+    """An error answered on purpose; ``code`` (from ``ERROR_CODES``) sets its status too."""
+
+    default: ErrorCode | None = None
 
     def __init__(
         self,
         message: str,
         *,
-        code: str | None = None,
+        code: ErrorCode | None = None,
         headers: dict[str, str] | None = None,
         details: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
+        error = code or self.default
+        if error is None:
+            raise TypeError(f"{type(self).__name__} needs a code from app.errors.ERROR_CODES")
         self.message = message
-        if code is not None:
-            self.code = code
+        self.code = error.code
+        self.status_code = error.status
         self.headers = headers or {}
         self.details = details
 
 
 class BadRequest(ApiError):
-    status_code = 400
-    code = "bad_request"
+    default = BAD_REQUEST
 
 
 class Unauthorized(ApiError):
-    status_code = 401
-    code = "unauthorized"
+    default = UNAUTHORIZED
 
 
 class Forbidden(ApiError):
-    status_code = 403
-    code = "forbidden"
+    default = FORBIDDEN
 
 
 class NotFound(ApiError):
-    status_code = 404
-    code = "not_found"
+    default = NOT_FOUND
 
 
 class Conflict(ApiError):
-    status_code = 409
-    code = "conflict"
+    pass
 
 
 class PayloadTooLarge(ApiError):
-    status_code = 413
-    code = "payload_too_large"
+    default = PAYLOAD_TOO_LARGE
 
 
 class UpstreamError(ApiError):
-    status_code = 502
-    code = "nango_error"
+    pass
 
 
 class ServiceUnavailable(ApiError):
-    status_code = 503
-    code = "service_unavailable"
+    pass
 
 
 def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -125,18 +206,23 @@ async def handle_api_error(request: Request, exc: Exception) -> Response:
 
 
 _HTTP_CODES = {
-    400: "bad_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    413: "payload_too_large",
+    entry.status: entry
+    for entry in (
+        BAD_REQUEST,
+        UNAUTHORIZED,
+        FORBIDDEN,
+        NOT_FOUND,
+        METHOD_NOT_ALLOWED,
+        PAYLOAD_TOO_LARGE,
+    )
 }
 
 
 async def handle_http_exception(request: Request, exc: Exception) -> Response:
+    """Starlette's own errors (routing: 404, 405), in this service's shape and codes."""
     assert isinstance(exc, HTTPException)
-    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    fallback = BAD_REQUEST if exc.status_code < 500 else INTERNAL_ERROR
+    code = _HTTP_CODES.get(exc.status_code, fallback).code
     headers = dict(exc.headers) if exc.headers else None
     return error_response(exc.status_code, code, str(exc.detail), headers=headers)
 
@@ -168,8 +254,8 @@ async def handle_database_unavailable(request: Request, exc: Exception) -> Respo
     DATABASE_ERRORS.labels(operation=operation).inc()
     log.warning("database_unavailable", operation=operation, error_type=type(exc).__name__)
     return error_response(
-        503,
-        "database_unavailable",
+        DATABASE_UNAVAILABLE_CODE.status,
+        DATABASE_UNAVAILABLE_CODE.code,
         "the database is unavailable; retry later",
         headers={"Retry-After": RETRY_AFTER_SECONDS},
     )
@@ -177,7 +263,9 @@ async def handle_database_unavailable(request: Request, exc: Exception) -> Respo
 
 async def handle_unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled_error", path=request.url.path)
-    return error_response(500, "internal_error", "internal error; see the service logs")
+    return error_response(
+        INTERNAL_ERROR.status, INTERNAL_ERROR.code, "internal error; see the service logs"
+    )
 
 
 EXCEPTION_HANDLERS: dict[Any, Any] = {

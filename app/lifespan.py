@@ -117,6 +117,7 @@ def lifespan_for(
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await http.aclose()
+            await state.api_keys.close()
             await database.close()
             log.info("stopped")
 

@@ -65,8 +65,9 @@ function response(status, headers, body)
   if status >= 200 and status < 300 then
     ok = ok + 1
     if tracking then
+      -- A duplicate names the delivery already stored, which was acknowledged before.
       local id = body:match('"delivery_id":(%d+)')
-      if id then
+      if id and not body:find('"status":"duplicate"', 1, true) then
         acked[#acked + 1] = id
       else
         duplicates = duplicates + 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,6 +13,8 @@ import app.db.tables  # noqa: F401  (registers the tables on the metadata)
 
 CONNECTIONS = SQLModel.metadata.tables["connections"]
 EVENTS = SQLModel.metadata.tables["connection_events"]
+DELIVERIES = SQLModel.metadata.tables["deliveries"]
+_DELIVERY_KEYS = itertools.count()
 
 
 def insert_connection(engine: Engine, **values: Any) -> None:
@@ -50,3 +53,25 @@ def all_connections(engine: Engine) -> dict[tuple[str, str, str], Any]:
 def events(engine: Engine) -> list[Any]:
     with engine.connect() as conn:
         return list(conn.execute(select(EVENTS).order_by(EVENTS.c.id)).all())
+
+
+def insert_delivery(engine: Engine, **values: Any) -> int:
+    """Store a delivery as the inbox would (an applied auth creation unless told); its ID."""
+    row = {
+        "dedupe_key": f"test-delivery-{next(_DELIVERY_KEYS)}",
+        "received_at": datetime.now(UTC),
+        "webhook_type": "auth",
+        "operation": "creation",
+        "success": True,
+        "environment": "prod",
+        "integration_id": "github",
+        "connection_id": "conn-1",
+        "body": '{"type":"auth"}',
+        "headers": {"content-type": "application/json"},
+        "outcome": "applied",
+        "attempts": 1,
+        **values,
+    }
+    with engine.begin() as conn:
+        inserted = conn.execute(insert(DELIVERIES).values(row).returning(DELIVERIES.c.id))
+        return int(inserted.scalar_one())

@@ -44,7 +44,15 @@ from app.connections.model import (
 )
 from app.connections.queries import ConnectionFilters
 from app.db.database import Transaction
-from app.errors import BadRequest, Conflict, NotFound
+from app.errors import (
+    CONNECTION_NOT_FOUND,
+    DELETED,
+    UNATTRIBUTED,
+    UNKNOWN_AT_NANGO,
+    BadRequest,
+    Conflict,
+    NotFound,
+)
 from app.logs import get_logger
 from app.metrics import LOOKUPS
 from app.nango.client import NangoRejected
@@ -120,7 +128,7 @@ async def _addressed(tx: Transaction, request: Request, selector: Selector) -> C
     """The connection the path (and ``integration_id`` / ``environment``) names."""
     connection_id: str = request.path_params["connection_id"]
     if "\x00" in connection_id:  # Postgres text cannot hold NUL: no such connection is stored
-        raise NotFound(f"no connection {connection_id!r}", code="connection_not_found")
+        raise NotFound(f"no connection {connection_id!r}", code=CONNECTION_NOT_FOUND)
     return await queries.load_connection(
         tx,
         connection_id=connection_id,
@@ -274,14 +282,14 @@ class ReconnectSession(HTTPEndpoint):
 
 async def _reconnect(request: Request, connection: Connection) -> dict[str, Any]:
     if connection.status == ConnectionStatus.DELETED:
-        raise Conflict("the connection is deleted: start a new Connect session", code="deleted")
+        raise Conflict("the connection is deleted: start a new Connect session", code=DELETED)
     tags = reconnect_tags(connection)
     if not tags:
         # The new session would carry no owner: better to say so than to re-authorize a
         # connection nobody here can attribute.
         raise Conflict(
             "the connection has no owner or tags to send again; import or reconcile it first",
-            code="unattributed",
+            code=UNATTRIBUTED,
         )
     body = {
         "connection_id": connection.connection_id,
@@ -298,7 +306,7 @@ async def _reconnect(request: Request, connection: Connection) -> dict[str, Any]
             # failure, and not something a retry fixes.
             raise NotFound(
                 "Nango no longer has this connection; `reconcile` marks it deleted",
-                code="unknown_at_nango",
+                code=UNKNOWN_AT_NANGO,
             ) from None
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from itsdangerous import BadData, URLSafeSerializer
 
-from app.errors import BadRequest
+from app.errors import INVALID_CURSOR, BadRequest
 from app.settings import Settings
 
 # Without SECRET_KEY (tests, a single local process), one random key per process still makes
@@ -63,4 +63,4 @@ def decode_cursor(settings: Settings, *, route: str, cursor: str | None, scope: 
 
 
 def _invalid(message: str) -> BadRequest:
-    return BadRequest(message, code="invalid_cursor", details={"parameter": "cursor"})
+    return BadRequest(message, code=INVALID_CURSOR, details={"parameter": "cursor"})

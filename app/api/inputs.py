@@ -19,7 +19,7 @@ from starlette.requests import Request
 
 from app.bodies import read_limited
 from app.connections.model import MAX_TAG_VALUE, MAX_TAGS, check_tag_key
-from app.errors import BadRequest
+from app.errors import INVALID_BODY, INVALID_JSON, INVALID_PARAMETER, BadRequest
 
 Q = TypeVar("Q", bound=BaseModel)
 B = TypeVar("B", bound=BaseModel)
@@ -31,7 +31,7 @@ _TAG_PARAMETER = re.compile(r"^tag\[(?P<key>[^\[\]]*)\]$")
 def bad_parameter(parameter: str, message: str) -> BadRequest:
     return BadRequest(
         f"query parameter {parameter!r}: {message}",
-        code="invalid_parameter",
+        code=INVALID_PARAMETER,
         details={"parameter": parameter},
     )
 
@@ -109,9 +109,9 @@ async def parse_body(model: type[B], request: Request, *, optional: bool = False
         try:
             body = json.loads(raw)
         except ValueError:
-            raise BadRequest("the body must be a JSON object", code="invalid_json") from None
+            raise BadRequest("the body must be a JSON object", code=INVALID_JSON) from None
     if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object", code="invalid_json")
+        raise BadRequest("the body must be a JSON object", code=INVALID_JSON)
     try:
         return model.model_validate(body)
     except ValidationError as error:
@@ -125,6 +125,6 @@ async def parse_body(model: type[B], request: Request, *, optional: bool = False
         first = problems[0]
         raise BadRequest(
             f"{first['field']}: {first['message']}",
-            code="invalid_body",
+            code=INVALID_BODY,
             details={"errors": problems},
         ) from None

@@ -8,11 +8,16 @@ live keys in memory (``ApiKeyCache``) and reloads them at most every ``REFRESH_S
 revocation takes effect on every instance within that time. A key not in memory makes the
 process reload at once (at most once a second), so a key created a moment ago works on its
 first request, and a stream of wrong keys costs one small query a second, not one each.
+
+A stored key's ``last_used_at`` is written at most once a minute per key and process, by a
+task of its own after the request has been answered, so that an operator can tell which keys
+are unused (``api-keys list``) without a write on every request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import secrets
 import time
@@ -24,6 +29,7 @@ from starlette.requests import Request
 from app.db.database import Database, sql
 from app.db.types import utcnow
 from app.errors import Forbidden, Unauthorized
+from app.logs import get_logger
 from app.middleware import log_fields
 from app.settings import Settings
 from app.state import app_state
@@ -32,6 +38,11 @@ from app.state import app_state
 REFRESH_SECONDS = 4.0
 # How often a miss may trigger a reload.
 MISS_RELOAD_SECONDS = 1.0
+# A key's last use is recorded at most this often (per process): minutes matter to an operator
+# deciding what to revoke, a write per request would not.
+LAST_USED_SECONDS = 60.0
+
+log = get_logger(__name__)
 
 LIVE_KEYS = sql("SELECT key_hash, name, read_only FROM api_keys WHERE revoked_at IS NULL")
 CREATE_KEY = sql(
@@ -43,6 +54,10 @@ ALL_KEYS = sql(
 )
 FIND_KEY = sql("SELECT revoked_at FROM api_keys WHERE name = :name", lock=True)
 REVOKE_KEY = sql("UPDATE api_keys SET revoked_at = :now WHERE name = :name")
+RECORD_USE = sql(
+    "UPDATE api_keys SET last_used_at = :now WHERE key_hash = :key_hash"
+    " AND (last_used_at IS NULL OR last_used_at < :now)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +91,10 @@ class ApiKeyCache:
         self._stored: dict[str, Principal] = {}
         self._loaded_at = -1e9
         self._reloading: asyncio.Task[None] | None = None
+        # Uses noted (monotonic time, by hash) and those not yet written, with their time.
+        self._used: dict[str, float] = {}
+        self._unwritten: dict[str, datetime] = {}
+        self._writing: asyncio.Task[None] | None = None
 
     async def find(self, digest: str) -> Principal | None:
         configured = self._configured.get(digest)
@@ -87,7 +106,39 @@ class ApiKeyCache:
         if found is None and time.monotonic() - self._loaded_at > MISS_RELOAD_SECONDS:
             await self._reload()
             found = self._stored.get(digest)
+        if found is not None:
+            self._note_use(digest)
         return found
+
+    def _note_use(self, digest: str) -> None:
+        now = time.monotonic()
+        if now - self._used.get(digest, -1e9) < LAST_USED_SECONDS:
+            return
+        self._used[digest] = now
+        self._unwritten[digest] = utcnow()
+        if self._writing is None or self._writing.done():
+            self._writing = asyncio.get_running_loop().create_task(self._write_uses())
+
+    async def _write_uses(self) -> None:
+        """Write the uses noted so far, in one transaction, outside any request."""
+        while self._unwritten:
+            batch, self._unwritten = self._unwritten, {}
+            rows = [{"key_hash": digest, "now": when} for digest, when in batch.items()]
+            try:
+                async with self._database.transaction() as tx:
+                    await tx.executemany(RECORD_USE, rows)
+            except Exception as error:
+                # Not retried: the next use after LAST_USED_SECONDS records it again.
+                for digest in batch:
+                    self._used.pop(digest, None)
+                log.warning("api_key_use_not_recorded", error=type(error).__name__)
+                return
+
+    async def close(self) -> None:
+        """Write what is noted (at shutdown, while the database is still open)."""
+        if self._writing is not None and not self._writing.done():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._writing), timeout=5)
 
     async def _reload(self) -> None:
         # One query at a time, however many requests find the keys stale at once.

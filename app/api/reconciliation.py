@@ -11,7 +11,7 @@ from app.api.openapi import operation
 from app.api.shapes import NoQuery, ReconcileAnswer
 from app.api.upstream import nango_errors
 from app.connections.reconcile import ReconcileBusy, reconcile
-from app.errors import Conflict
+from app.errors import RECONCILE_RUNNING, Conflict
 from app.responses import JSONResponse
 from app.state import app_state
 
@@ -36,7 +36,7 @@ async def start_reconcile(request: Request) -> JSONResponse:
                 trigger="api",
             )
         except ReconcileBusy as error:
-            raise Conflict(str(error), code="reconcile_running") from None
+            raise Conflict(str(error), code=RECONCILE_RUNNING) from None
     assert counts is not None  # only the schedule asks to skip a recent run
     return JSONResponse(
         {"environment": state.settings.nango_environment, "counts": counts.as_dict()}

@@ -11,7 +11,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from app.errors import ServiceUnavailable, UpstreamError
+from app.errors import (
+    NANGO_NOT_CONFIGURED,
+    NANGO_REFUSED,
+    NANGO_UNAVAILABLE,
+    ServiceUnavailable,
+    UpstreamError,
+)
 from app.nango.client import NangoError, NangoNotConfigured, NangoRejected
 
 
@@ -21,12 +27,12 @@ def nango_errors() -> Iterator[None]:
     try:
         yield
     except NangoNotConfigured as error:
-        raise ServiceUnavailable(error.message, code="nango_not_configured") from None
+        raise ServiceUnavailable(error.message, code=NANGO_NOT_CONFIGURED) from None
     except NangoRejected as error:
         raise UpstreamError(
             error.message,
-            code=f"nango_{error.code}",
+            code=NANGO_REFUSED.for_nango(error.code),
             details={"nango_status": error.status, "nango_code": error.code},
         ) from None
     except NangoError as error:
-        raise UpstreamError(error.message, code="nango_unavailable") from None
+        raise UpstreamError(error.message, code=NANGO_UNAVAILABLE) from None

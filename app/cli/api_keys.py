@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import re
 import sys
+from datetime import datetime
 from typing import Any
 
 from app.api.keys import StoredKey, create_api_key, list_api_keys, revoke_api_key
@@ -67,12 +68,19 @@ def run_create(args: argparse.Namespace) -> int:
 
 def run_list(args: argparse.Namespace) -> int:
     rows = asyncio.run(_list(_settings()))
-    print(f"{'NAME':<32} {'READ_ONLY':<9} {'CREATED_AT':<25} REVOKED_AT")
+    print(f"{'NAME':<32} {'READ_ONLY':<9} {'CREATED_AT':<25} {'LAST_USED_AT':<25} REVOKED_AT")
     for row in rows:
-        created = row.created_at.isoformat(timespec="seconds")
-        revoked = row.revoked_at.isoformat(timespec="seconds") if row.revoked_at else "-"
-        print(f"{row.name:<32} {str(row.read_only).lower():<9} {created:<25} {revoked}")
+        created, used, revoked = (
+            _when(row.created_at),
+            _when(row.last_used_at),
+            _when(row.revoked_at),
+        )
+        print(f"{row.name:<32} {str(row.read_only).lower():<9} {created:<25} {used:<25} {revoked}")
     return 0
+
+
+def _when(value: datetime | None) -> str:
+    return value.isoformat(timespec="seconds") if value is not None else "-"
 
 
 def run_revoke(args: argparse.Namespace) -> int:

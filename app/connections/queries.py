@@ -17,7 +17,7 @@ from typing import Any, Generic, TypedDict, TypeVar, Unpack
 
 from app.connections.model import COLUMNS, LIVE_STATUSES, Connection, ConnectionStatus
 from app.db.database import Row, Statement, Transaction, sql
-from app.errors import Conflict, NotFound
+from app.errors import AMBIGUOUS_CONNECTION_ID, CONNECTION_NOT_FOUND, Conflict, NotFound
 
 # What a listing shows unless `status` asks otherwise: deleted connections are history.
 LISTED_BY_DEFAULT = LIVE_STATUSES
@@ -159,12 +159,12 @@ async def load_connection(
     }
     candidates = [Connection(*row) for row in await tx.fetchall(statement, params)]
     if not candidates:
-        raise NotFound(f"no connection {connection_id!r}", code="connection_not_found")
+        raise NotFound(f"no connection {connection_id!r}", code=CONNECTION_NOT_FOUND)
     if len(candidates) > 1:
         raise Conflict(
             f"connection ID {connection_id!r} names {len(candidates)} connections: "
             "add integration_id (and environment) to choose one",
-            code="ambiguous_connection_id",
+            code=AMBIGUOUS_CONNECTION_ID,
             details={"candidates": [_candidate(row) for row in candidates[:MAX_CANDIDATES]]},
         )
     return candidates[0]

@@ -83,9 +83,15 @@ def kept_headers(headers: Any) -> dict[str, str]:
 
 @dataclass(frozen=True, slots=True)
 class IngestResult:
-    delivery_id: int | None  # None: a duplicate
+    delivery_id: int  # a duplicate's: the delivery already stored
     outcome: str
     error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    delivery_id: int
+    duplicate: bool  # the same body was stored within the dedupe window: this is that one
 
 
 async def record_delivery(
@@ -98,8 +104,8 @@ async def record_delivery(
     outcome: DeliveryOutcome = DeliveryOutcome.RECORDED,
     error: str | None = None,
     now: datetime | None = None,
-) -> int | None:
-    """Insert the delivery; return its ID, or None when it is a duplicate."""
+) -> Stored:
+    """Insert the delivery; or, when it is a duplicate, name the one already stored."""
     key = dedupe_key(body)
     now = now or utcnow()
     processed = outcome != DeliveryOutcome.RECORDED or error is not None
@@ -124,14 +130,14 @@ async def record_delivery(
     for _ in range(5):
         inserted = await tx.fetchone(INSERT_DELIVERY, values)
         if inserted is not None:
-            return int(inserted[0])
+            return Stored(int(inserted[0]), duplicate=False)
         existing = await tx.fetchone(FIND_BY_KEY, {"key": key})
         if existing is None:
             continue
         existing_id, received_at = existing
         window = dedupe_window_seconds
         if window == 0 or now - received_at < timedelta(seconds=window):
-            return None
+            return Stored(int(existing_id), duplicate=True)
         await tx.execute(
             ARCHIVE_KEY, {"archived": f"{key}#{existing_id}", "id": existing_id, "key": key}
         )
@@ -190,9 +196,10 @@ async def ingest(
     )
 
     async def store_and_apply(tx: Transaction) -> IngestResult:
-        delivery_id = await store(tx, outcome=expected)
-        if delivery_id is None:
-            return IngestResult(None, "duplicate")
+        stored = await store(tx, outcome=expected)
+        delivery_id = stored.delivery_id
+        if stored.duplicate:
+            return IngestResult(delivery_id, "duplicate")
         outcome = await apply_delivery(
             tx,
             delivery_id=delivery_id,
@@ -205,10 +212,10 @@ async def ingest(
         return IngestResult(delivery_id, outcome)
 
     async def store_failed(tx: Transaction, error_text: str) -> IngestResult:
-        delivery_id = await store(tx, outcome=DeliveryOutcome.FAILED, error=error_text)
-        if delivery_id is None:  # a concurrent copy of this delivery got in first
-            return IngestResult(None, "duplicate")
-        return IngestResult(delivery_id, DeliveryOutcome.FAILED, error_text)
+        stored = await store(tx, outcome=DeliveryOutcome.FAILED, error=error_text)
+        if stored.duplicate:  # a concurrent copy of this delivery got in first
+            return IngestResult(stored.delivery_id, "duplicate")
+        return IngestResult(stored.delivery_id, DeliveryOutcome.FAILED, error_text)
 
     return await apply_or_fail(database, apply=store_and_apply, fail=store_failed)
 

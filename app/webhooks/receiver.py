@@ -7,7 +7,7 @@ that can never be accepted gets a 4xx, and 429 and 410 are never used.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
 from starlette.requests import Request
 from starlette.routing import Route
@@ -17,7 +17,11 @@ from app.api.shapes import WebhookAnswer
 from app.bodies import read_limited
 from app.errors import (
     DRIVER_ERRORS,
+    INVALID_BODY,
+    INVALID_SIGNATURE,
+    NOT_CONFIGURED,
     RETRY_AFTER_SECONDS,
+    STORAGE_UNAVAILABLE,
     BadRequest,
     ServiceUnavailable,
     Unauthorized,
@@ -36,7 +40,7 @@ from app.webhooks.payloads import (
     parse_body,
     read_envelope,
 )
-from app.webhooks.signature import WrongEnvironment, environment_of, verify_signature
+from app.webhooks.signature import Refusal, WrongEnvironment, check_signature, environment_of
 
 log = get_logger(__name__)
 
@@ -76,7 +80,7 @@ async def receive_webhook(request: Request) -> JSONResponse:
         log.error("webhook_refused", reason="NANGO_WEBHOOK_SIGNING_KEYS is not set")
         raise ServiceUnavailable(
             "no webhook signing key is configured: set NANGO_WEBHOOK_SIGNING_KEYS",
-            code="not_configured",
+            code=NOT_CONFIGURED,
             headers={"Retry-After": "60"},
         )
     body = await read_limited(request, settings.webhook_max_body_bytes)
@@ -100,32 +104,41 @@ async def receive_webhook(request: Request) -> JSONResponse:
 def _verify(request: Request, settings: Settings, body: bytes) -> tuple[Any, Envelope]:
     """The signature over the raw bytes, then the JSON, then the key's environment."""
     raw_headers = dict(request.headers.raw)
-    key = verify_signature(
+    key = check_signature(
         body=body,
         hmac_header=raw_headers.get(b"x-nango-hmac-sha256"),
         legacy_header=raw_headers.get(b"x-nango-signature"),
         keys=settings.signing_keys,
         accept_legacy=settings.nango_accept_legacy_signature,
     )
-    if key is None:
-        SIGNATURE_FAILURES.labels(reason="mismatch").inc()
-        log.warning("webhook_rejected", reason="signature")
-        raise Unauthorized("the webhook signature does not verify", code="invalid_signature")
+    if isinstance(key, Refusal):
+        _refuse(key)
     try:
         payload = parse_body(body)
     except InvalidBody as error:
         WEBHOOK_DELIVERIES.labels(type="invalid", outcome="rejected").inc()
         log.warning("webhook_rejected", reason="not_json", error=str(error))
-        raise BadRequest("the webhook body is not UTF-8 JSON", code="invalid_body") from None
+        raise BadRequest("the webhook body is not UTF-8 JSON", code=INVALID_BODY) from None
     try:
         environment = environment_of(settings.signing_keys, key, body_environment(payload))
     except WrongEnvironment:
-        SIGNATURE_FAILURES.labels(reason="environment").inc()
-        log.warning("webhook_rejected", reason="environment", bound_to=key.environment)
-        raise Unauthorized(
-            "the signing key is bound to another environment", code="invalid_signature"
-        ) from None
+        _refuse(Refusal.ENVIRONMENT, bound_to=key.environment)
     return payload, read_envelope(payload, environment=environment)
+
+
+_LEGACY_HINT = (
+    "only the legacy X-Nango-Signature header was sent: self-hosted Nango before 0.69.15 sends"
+    " no other; set NANGO_ACCEPT_LEGACY_SIGNATURE=true to accept it"
+)
+
+
+def _refuse(reason: Refusal, **fields: Any) -> NoReturn:
+    """One answer for every refusal (a sender learns nothing); the log and metric say why."""
+    SIGNATURE_FAILURES.labels(reason=reason).inc()
+    if reason == Refusal.LEGACY_ONLY:
+        fields["hint"] = _LEGACY_HINT
+    log.warning("webhook_rejected", reason="signature", refusal=str(reason), **fields)
+    raise Unauthorized("the webhook signature does not verify", code=INVALID_SIGNATURE)
 
 
 async def _store(
@@ -148,7 +161,7 @@ async def _store(
         log.error("webhook_not_stored", error_type=type(error).__name__)
         raise ServiceUnavailable(
             "the delivery could not be stored; retry later",
-            code="storage_unavailable",
+            code=STORAGE_UNAVAILABLE,
             headers={"Retry-After": RETRY_AFTER_SECONDS},
         ) from None
 

@@ -125,11 +125,13 @@ def test_duplicate_delivery_answers_200_and_changes_nothing(
     client: TestClient, sync_engine: Engine
 ) -> None:
     body = auth_body(tags={"end_user_id": "u1"})
-    assert post(client, body).json()["status"] == "applied"
+    first = post(client, body).json()
+    assert first["status"] == "applied"
     before = count(sync_engine, "connection_events")
     again = post(client, body)
     assert again.status_code == 200
-    assert again.json() == {"status": "duplicate", "delivery_id": None}
+    # Issue 14, point 7: the ID of the delivery already stored, not null.
+    assert again.json() == {"status": "duplicate", "delivery_id": first["delivery_id"]}
     assert count(sync_engine, "deliveries") == 1
     assert count(sync_engine, "connection_events") == before
 
@@ -507,3 +509,45 @@ def test_log_lines_carry_no_secret_and_no_body(
     assert sign(body) not in out
     assert "f" * 64 not in out
     assert "very-private-user" not in out
+
+
+def refusals(reason: str) -> float:
+    from prometheus_client import REGISTRY
+
+    value = REGISTRY.get_sample_value(
+        "nango_registry_webhook_signature_failures_total", {"reason": reason}
+    )
+    return value or 0.0
+
+
+def test_every_refusal_answers_the_same_and_logs_and_counts_why(
+    make_settings: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 14, point 6: one 401 for all; the reason in the log line and the metric."""
+    body = auth_body(environment="dev")
+    good = sign(body)
+    cases = {
+        "missing": {},
+        "malformed": {"X-Nango-Hmac-Sha256": "not-a-digest"},
+        "legacy_only": {"X-Nango-Signature": legacy_sign(body)},
+        "mismatch": {"X-Nango-Hmac-Sha256": sign(body, "another-key")},
+        "environment": {"X-Nango-Hmac-Sha256": good},
+    }
+    settings = make_settings(nango_webhook_signing_keys=f"prod={TEST_SIGNING_KEY}")
+    with TestClient(create_app(settings)) as client:
+        capsys.readouterr()
+        answers = set()
+        for reason, headers in cases.items():
+            before = refusals(reason)
+            response = post(client, body, {"content-type": "application/json", **headers})
+            answers.add((response.status_code, response.text))
+            assert refusals(reason) == before + 1, reason
+    refused = {"code": "invalid_signature", "message": "the webhook signature does not verify"}
+    assert answers == {(401, json.dumps({"error": refused}, separators=(",", ":")))}
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line]
+    rejected = [line for line in lines if line["event"] == "webhook_rejected"]
+    assert [line["refusal"] for line in rejected] == list(cases)
+    (legacy,) = [line for line in rejected if line["refusal"] == "legacy_only"]
+    assert "NANGO_ACCEPT_LEGACY_SIGNATURE" in legacy["hint"]
+    assert "0.69.15" in legacy["hint"]
+    assert good not in capsys.readouterr().err
