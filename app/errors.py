@@ -88,6 +88,7 @@ NOT_FOUND = _code(
     "not_found", 404, "no such route (or it is off: metrics disabled, legacy flow not configured)"
 )
 CONNECTION_NOT_FOUND = _code("connection_not_found", 404, "no such connection here")
+SUBSCRIPTION_NOT_FOUND = _code("subscription_not_found", 404, "no such subscription")
 UNKNOWN_AT_NANGO = _code(
     "unknown_at_nango", 404, "Nango no longer has the connection (reconcile to catch up)"
 )
@@ -120,6 +121,11 @@ NOT_CONFIGURED = _code(
     "not_configured", 503, "no webhook signing key is set (`NANGO_WEBHOOK_SIGNING_KEYS`)"
 )
 NANGO_NOT_CONFIGURED = _code("nango_not_configured", 503, "`NANGO_SECRET_KEY` is not set")
+SECRET_KEY_MISSING = _code(
+    "secret_key_missing",
+    503,
+    "`SECRET_KEY` is not set: subscription secrets are derived from it and must survive restarts",
+)
 
 
 class ApiError(Exception):

@@ -31,7 +31,14 @@ from app.api.shapes import (
     attempt_json,
     subscription_json,
 )
-from app.errors import BadRequest, NotFound, ServiceUnavailable
+from app.errors import (
+    INVALID_BODY,
+    SECRET_KEY_MISSING,
+    SUBSCRIPTION_NOT_FOUND,
+    BadRequest,
+    NotFound,
+    ServiceUnavailable,
+)
 from app.logs import get_logger
 from app.responses import JSONResponse
 from app.state import AppState, app_state
@@ -52,7 +59,7 @@ def _subscription_id(request: Request) -> int:
 
 
 def _not_found(raw: object) -> NotFound:
-    return NotFound(f"no subscription {raw!s}", code="subscription_not_found")
+    return NotFound(f"no subscription {raw!s}", code=SUBSCRIPTION_NOT_FOUND)
 
 
 def _https_only(state: AppState, url: str | None) -> None:
@@ -61,7 +68,7 @@ def _https_only(state: AppState, url: str | None) -> None:
         if problem:
             raise BadRequest(
                 f"url: {problem} (SUBSCRIPTION_REQUIRE_HTTPS)",
-                code="invalid_body",
+                code=INVALID_BODY,
                 details={"errors": [{"field": "url", "message": problem}]},
             )
 
@@ -71,7 +78,7 @@ def _secret_key(state: AppState) -> str:
     if settings.secret_key is None or settings.secret_key_generated:
         raise ServiceUnavailable(
             "set SECRET_KEY: subscription secrets are derived from it and must survive restarts",
-            code="secret_key_missing",
+            code=SECRET_KEY_MISSING,
         )
     return settings.secret_key.get_secret_value()
 
