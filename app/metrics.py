@@ -34,6 +34,11 @@ RECONCILE_RUNS = Counter(
     "Reconciliation runs by trigger and result",
     ["trigger", "status"],
 )
+FEED_EVENTS_APPENDED = Counter(
+    "nango_registry_feed_events_appended",
+    "Change-feed events appended, by type (counted when written, before their commit)",
+    ["type"],
+)
 DATABASE_ERRORS = Counter(
     "nango_registry_database_errors",
     "Database operations that failed (answered 503)",

@@ -48,6 +48,8 @@ TABLES = (
     "api_keys",
     "reconcile_runs",
     "leases",
+    "feed_events",
+    "connect_sessions",
 )
 
 

@@ -13,6 +13,7 @@ import app.db.tables  # noqa: F401  (registers the tables on the metadata)
 
 CONNECTIONS = SQLModel.metadata.tables["connections"]
 EVENTS = SQLModel.metadata.tables["connection_events"]
+FEED = SQLModel.metadata.tables["feed_events"]
 DELIVERIES = SQLModel.metadata.tables["deliveries"]
 _DELIVERY_KEYS = itertools.count()
 
@@ -53,6 +54,17 @@ def all_connections(engine: Engine) -> dict[tuple[str, str, str], Any]:
 def events(engine: Engine) -> list[Any]:
     with engine.connect() as conn:
         return list(conn.execute(select(EVENTS).order_by(EVENTS.c.id)).all())
+
+
+def feed(engine: Engine) -> list[Any]:
+    """The change feed's rows, oldest first."""
+    with engine.connect() as conn:
+        return list(conn.execute(select(FEED).order_by(FEED.c.id)).all())
+
+
+def feed_types(engine: Engine) -> list[tuple[str, str, str]]:
+    """(type, source, connection ID) of every feed event, oldest first."""
+    return [(row.type, row.source, row.connection["connection_id"]) for row in feed(engine)]
 
 
 def insert_delivery(engine: Engine, **values: Any) -> int:

@@ -27,11 +27,11 @@ from app.connections.model import (
     INTEGRATION_ID,
     MAX_TAG_VALUE,
     MAX_TAGS,
-    Connection,
     ConnectionStatus,
     check_tag_key,
     is_email,
 )
+from app.connections.public import connection_json as connection_json  # re-exported
 from app.connections.queries import HistoryEntry, IntegrationSummary
 from app.subscriptions.model import (
     MAX_URL_LENGTH,
@@ -120,49 +120,6 @@ class ConnectionPublic(Answer):
     created_at: datetime
     updated_at: datetime
     deleted_at: datetime | None
-
-
-def connection_json(connection: Connection) -> dict[str, Any]:
-    """``ConnectionPublic`` of a stored connection (datetimes stay datetimes)."""
-    error = None
-    if connection.status == ConnectionStatus.AUTH_ERROR or connection.error_type is not None:
-        error = {
-            "type": connection.error_type,
-            "description": connection.error_description,
-            "since": connection.error_since,
-        }
-    last_sync = None
-    if connection.last_sync_name is not None or connection.last_sync_at is not None:
-        last_sync = {
-            "name": connection.last_sync_name,
-            "model": connection.last_sync_model,
-            "success": connection.last_sync_success,
-            "at": connection.last_sync_at,
-            "error": connection.last_sync_error,
-        }
-    return {
-        "connection_id": connection.connection_id,
-        "integration_id": connection.integration_id,
-        "provider": connection.provider,
-        "environment": connection.environment,
-        "auth_mode": connection.auth_mode,
-        "end_user": {
-            "id": connection.end_user_id,
-            "email": connection.end_user_email,
-            "display_name": connection.end_user_display_name,
-        },
-        "organization": {
-            "id": connection.organization_id,
-            "display_name": connection.organization_display_name,
-        },
-        "tags": connection.tags,
-        "status": connection.status,
-        "error": error,
-        "last_sync": last_sync,
-        "created_at": connection.created_at,
-        "updated_at": connection.updated_at,
-        "deleted_at": connection.deleted_at,
-    }
 
 
 class ConnectionPage(Answer):

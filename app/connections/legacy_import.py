@@ -11,6 +11,7 @@ import csv
 import io
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from app.connections import store
 from app.connections.model import Attribution
@@ -124,6 +125,7 @@ def _check(
 async def import_rows(database: Database, *, rows: list[ImportRow]) -> tuple[int, int]:
     """Write validated rows in one transaction. Returns (created, updated)."""
     created_count = updated_count = 0
+    history: list[dict[str, Any]] = []
     async with database.transaction() as tx:
         for row in rows:
             now = utcnow()
@@ -145,19 +147,19 @@ async def import_rows(database: Database, *, rows: list[ImportRow]) -> tuple[int
                 connection.updated_at = now
                 await store.save(tx, connection)
             if created or changed:
-                await store.record_history(
-                    tx,
-                    [
-                        store.history_row(
-                            connection,
-                            source="import",
-                            action="creation" if created else "attribution",
-                            to_status=connection.status if created else None,
-                            detail={"line": row.line},
-                            now=now,
-                        )
-                    ],
+                history.append(
+                    store.history_row(
+                        connection,
+                        source="import",
+                        action="creation" if created else "attribution",
+                        to_status=connection.status if created else None,
+                        detail={"line": row.line},
+                        now=now,
+                    )
                 )
             created_count += created
             updated_count += changed
+        # Last, after every row lock: the feed's order lock is then held only until commit.
+        if history:
+            await store.record_history(tx, history)
     return created_count, updated_count

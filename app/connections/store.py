@@ -2,7 +2,8 @@
 
 Every writer (webhooks, reconcile, CSV import, the API) goes through these functions, so the
 rules hold whatever the source: attribution is merged and never erased, every tag is indexed in
-``connection_tags``, and every change is kept in ``connection_events`` (the history).
+``connection_tags``, every change is kept in ``connection_events`` (the history), and every
+history row publishes its change-feed events (``app.connections.feed``) in the same transaction.
 
 A connection is changed in memory and written back with ``save``, one UPDATE of every mutable
 column: simpler to follow than per-field statements, and as cheap for a row this narrow.
@@ -14,6 +15,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from app.connections import feed
 from app.connections.model import (
     ATTRIBUTION_FIELDS,
     COLUMNS,
@@ -272,7 +274,10 @@ def history_row(
     delivery_id: int | None = None,
     detail: dict[str, Any] | None = None,
     now: datetime | None = None,
+    owner_changed: bool = False,
 ) -> dict[str, Any]:
+    """A history row; it also carries the connection (as it will be at ``record_history``) and
+    whether its owner changed, for the change feed."""
     return {
         "connection_pk": connection.id,
         "delivery_id": delivery_id,
@@ -283,14 +288,20 @@ def history_row(
         "to_status": to_status,
         "detail": detail or {},
         "created_at": now or utcnow(),
+        feed.CONNECTION: connection,
+        feed.OWNER_CHANGED: owner_changed,
     }
 
 
 async def record_history(tx: Transaction, rows: Sequence[dict[str, Any]]) -> None:
-    if len(rows) == 1:
-        await tx.execute(INSERT_HISTORY, rows[0])
+    """Write history rows and the change-feed events they make: the one place both are written,
+    so every source publishes its changes."""
+    stored = [{name: row[name] for name in HISTORY_COLUMNS} for row in rows]
+    if len(stored) == 1:
+        await tx.execute(INSERT_HISTORY, stored[0])
     else:
-        await tx.executemany(INSERT_HISTORY, rows)
+        await tx.executemany(INSERT_HISTORY, stored)
+    await feed.append_for_history(tx, rows)
 
 
 async def change_status(
@@ -306,6 +317,7 @@ async def change_status(
     delivery_id: int | None = None,
     detail: dict[str, Any] | None = None,
     now: datetime | None = None,
+    owner_changed: bool = False,
 ) -> None:
     """Move a stored connection to ``status`` (or confirm it), save it, record why."""
     now = now or utcnow()
@@ -326,6 +338,7 @@ async def change_status(
                 delivery_id=delivery_id,
                 detail=detail,
                 now=now,
+                owner_changed=owner_changed,
             )
         ],
     )

@@ -171,10 +171,16 @@ def sqlite_path(database_url: str) -> str:
 # Postgres -----------------------------------------------------------------------------------
 
 
+class _DictDumper(JsonbDumper):
+    # A dict parameter is written by pydantic-core like every JSON here (datetimes included);
+    # set_json_dumps alone covers only the Json/Jsonb wrappers, not a dumper for dict.
+    _dumps = staticmethod(lambda value: pydantic_core.to_json(value))
+
+
 async def _configure(connection: psycopg.AsyncConnection[Row]) -> None:
     # Dicts are stored as jsonb, the type of every JSON column here; JSON is read and written by
     # pydantic-core, several times faster than the standard library on these small documents.
-    connection.adapters.register_dumper(dict, JsonbDumper)
+    connection.adapters.register_dumper(dict, _DictDumper)
     set_json_dumps(pydantic_core.to_json, connection)
     set_json_loads(pydantic_core.from_json, connection)
 

@@ -154,6 +154,50 @@ class ConnectionEventTable(SQLModel, table=True):
     created_at: datetime = _time()
 
 
+class FeedEventTable(SQLModel, table=True):
+    """The change feed: one row per change to a connection (``app.connections.feed``).
+
+    No foreign keys: the feed is an append-only log that outlives the rows it describes. The
+    filter columns are copied from the connection so each filter is one index range.
+    """
+
+    __tablename__ = "feed_events"
+    __table_args__ = (
+        Index("ix_feed_events_type_id", "type", "id"),
+        Index("ix_feed_events_end_user_id_id", "end_user_id", "id"),
+        Index("ix_feed_events_organization_id_id", "organization_id", "id"),
+        Index("ix_feed_events_integration_id_id", "integration_id", "id"),
+        Index("ix_feed_events_connection_pk_id", "connection_pk", "id"),
+    )
+
+    id: int | None = _id_column()
+    type: str = Field(max_length=64)  # app.connections.feed.EventType
+    occurred_at: datetime = _time()
+    source: str = Field(max_length=32)  # webhook, reconcile, api, import
+    delivery_id: int | None = Field(default=None, sa_column=Column(BigId, nullable=True))
+    connection_pk: int = Field(sa_column=Column(BigId, nullable=False))
+    environment: str = Field(max_length=255)
+    integration_id: str = Field(max_length=255)
+    end_user_id: str | None = Field(default=None, max_length=255)
+    organization_id: str | None = Field(default=None, max_length=255)
+    connection: dict[str, Any] = Field(
+        default_factory=dict, sa_column=Column(JSONDocument, nullable=False)
+    )
+
+
+class ConnectSessionTable(SQLModel, table=True):
+    """A Connect session this service opened, so its outcome can be asked for by its ID."""
+
+    __tablename__ = "connect_sessions"
+
+    session_id: str = Field(primary_key=True, max_length=64)
+    environment: str = Field(max_length=255)
+    end_user_id: str | None = Field(default=None, max_length=255)
+    organization_id: str | None = Field(default=None, max_length=255)
+    created_at: datetime = _time()
+    expires_at: datetime = _time()
+
+
 class ApiKeyTable(SQLModel, table=True):
     """Keys managed with ``nango-registry api-keys``; only a SHA-256 of the secret is stored."""
 

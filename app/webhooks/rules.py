@@ -103,7 +103,9 @@ async def apply_delivery(
             default_environment=default_environment,
         )
     if envelope.webhook_type == "sync":
-        return await record_sync_result(tx, payload=payload, envelope=envelope)
+        return await record_sync_result(
+            tx, delivery_id=delivery_id, payload=payload, envelope=envelope
+        )
     return DeliveryOutcome.RECORDED
 
 
@@ -203,6 +205,8 @@ def _history(
     from_status: str | None,
     to_status: str,
     ignored: str | None = None,
+    *,
+    owner_changed: bool = False,
 ) -> dict[str, Any]:
     return store.history_row(
         connection,
@@ -214,11 +218,13 @@ def _history(
         delivery_id=event.delivery_id,
         detail=event.detail(ignored),
         now=event.now,
+        owner_changed=owner_changed,
     )
 
 
 async def _apply_to_known(tx: Transaction, event: AuthEvent, connection: Connection) -> None:
-    changed, tags_changed = store.merge_owner(connection, event.attribution)
+    owner_changed, tags_changed = store.merge_owner(connection, event.attribution)
+    changed = owner_changed
     for name in ("provider", "auth_mode"):
         value = getattr(event, name)
         if value and value != getattr(connection, name):
@@ -245,33 +251,60 @@ async def _apply_to_known(tx: Transaction, event: AuthEvent, connection: Connect
             delivery_id=event.delivery_id,
             detail=event.detail(),
             now=event.now,
+            owner_changed=owner_changed,
         )
         return
     if changed:
         connection.updated_at = event.now
         await store.save(tx, connection)
     status = connection.status
-    await store.record_history(tx, [_history(event, connection, status, status, ignored)])
+    await store.record_history(
+        tx, [_history(event, connection, status, status, ignored, owner_changed=owner_changed)]
+    )
 
 
 async def record_sync_result(
-    tx: Transaction, *, payload: Mapping[str, Any], envelope: Envelope
+    tx: Transaction, *, delivery_id: int | None, payload: Mapping[str, Any], envelope: Envelope
 ) -> DeliveryOutcome:
-    """Keep the last sync's outcome on the connection, so readers can tell if data is fresh."""
+    """Keep the last sync's outcome on the connection, so readers can tell if data is fresh.
+
+    A failed sync is also kept in the history (and so published as ``connection.sync_failed``);
+    a successful one only updates the connection: syncs succeed often and change nothing else.
+    """
     if not envelope.connection_id or not envelope.integration_id:
         return DeliveryOutcome.RECORDED
     _, error_description = _error(payload)
+    now = utcnow()
+    name = clean_text(payload.get("syncName"))
+    model = clean_text(payload.get("model"))
     updated = await tx.fetchall(
         RECORD_SYNC if envelope.environment is None else RECORD_SYNC_IN_ENVIRONMENT,
         {
-            "name": clean_text(payload.get("syncName")),
-            "model": clean_text(payload.get("model")),
+            "name": name,
+            "model": model,
             "success": envelope.success,
             "error": None if envelope.success else error_description,
-            "now": utcnow(),
+            "now": now,
             "connection_id": envelope.connection_id,
             "integration_id": envelope.integration_id,
             "environment": envelope.environment,
         },
     )
+    if updated and envelope.success is False:
+        detail = {"sync_name": name, "model": model}
+        await store.record_history(
+            tx,
+            [
+                store.history_row(
+                    Connection(*row),
+                    source=SOURCE,
+                    action="sync",
+                    success=False,
+                    delivery_id=delivery_id,
+                    detail=detail,
+                    now=now,
+                )
+                for row in updated
+            ],
+        )
     return DeliveryOutcome.APPLIED if updated else DeliveryOutcome.RECORDED

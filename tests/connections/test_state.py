@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import Engine, text
 from starlette.testclient import TestClient
 
-from tests.webhooks.helpers import auth_body, nango_json, signed_headers
+from tests.webhooks.helpers import auth_body, nango_json, signed_headers, sync_body
 
 
 def send(client: TestClient, body: bytes) -> str:
@@ -229,19 +229,8 @@ def test_sync_result_is_recorded_on_the_connection(
     client: TestClient, sync_engine: Engine, success: bool
 ) -> None:
     send(client, auth_body(connection_id="c", integration="github"))
-    sync: dict[str, Any] = {
-        "type": "sync",
-        "from": "nango",
-        "connectionId": "c",
-        "providerConfigKey": "github",
-        "syncName": "issues",
-        "model": "GithubIssue",
-        "syncType": "INCREMENTAL",
-        "success": success,
-    }
-    if not success:
-        sync["error"] = {"type": "script_http_error", "description": "HTTP 500 from GitHub"}
-    assert send(client, nango_json(sync)) == "applied"
+    sync = sync_body(success=success, connection_id="c", model="GithubIssue")
+    assert send(client, sync) == "applied"
     row = only(sync_engine)
     assert (row.last_sync_name, row.last_sync_model) == ("issues", "GithubIssue")
     assert bool(row.last_sync_success) is success

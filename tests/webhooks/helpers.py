@@ -67,3 +67,27 @@ def auth_body(
     elif not success:
         payload["error"] = {"type": "refresh_token_external_error", "description": "broken"}
     return nango_json(payload)
+
+
+def sync_body(
+    *,
+    success: bool = True,
+    connection_id: str = "conn-1",
+    integration: str = "github",
+    model: str = "Issue",
+    error: str = "HTTP 500 from GitHub",
+) -> bytes:
+    """A sync webhook as Nango sends it (a failed one carries an error)."""
+    payload: dict[str, Any] = {
+        "type": "sync",
+        "from": "nango",
+        "connectionId": connection_id,
+        "providerConfigKey": integration,
+        "syncName": "issues",
+        "model": model,
+        "syncType": "INCREMENTAL",
+        "success": success,
+    }
+    if not success:
+        payload["error"] = {"type": "script_http_error", "description": error}
+    return nango_json(payload)

@@ -1,0 +1,154 @@
+"""The change feed is written by the store: every source publishes, in the same transaction."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine
+from starlette.testclient import TestClient
+
+from app.connections.feed import EventType, event_types
+from app.connections.legacy_import import ImportRow, import_rows
+from app.db.database import connected
+from app.settings import Settings
+from tests.fakes.nango import FakeNango
+from tests.nango.clients import reconcile_over_http
+from tests.rows import feed, feed_types, insert_connection
+from tests.webhooks.helpers import auth_body as auth
+from tests.webhooks.helpers import signed_headers, sync_body
+
+CREATED, ATTRIBUTED = EventType.CREATED.value, EventType.ATTRIBUTED.value
+AUTH_ERROR, RECOVERED = EventType.AUTH_ERROR.value, EventType.RECOVERED.value
+DELETED, RESTORED = EventType.DELETED.value, EventType.RESTORED.value
+
+
+def post(client: TestClient, body: bytes) -> str:
+    response = client.post("/webhooks/nango", content=body, headers=signed_headers(body))
+    assert response.status_code == 200, response.text
+    status: str = response.json()["status"]
+    return status
+
+
+@pytest.mark.parametrize(
+    ("row", "expected"),
+    [
+        ({"action": "creation", "from_status": None, "to_status": "active"}, [CREATED]),
+        (
+            {"action": "refresh", "from_status": None, "to_status": "auth_error"},
+            [CREATED, AUTH_ERROR],
+        ),
+        ({"action": "deletion", "from_status": None, "to_status": "deleted"}, [DELETED]),
+        ({"action": "refresh", "from_status": "active", "to_status": "auth_error"}, [AUTH_ERROR]),
+        ({"action": "override", "from_status": "auth_error", "to_status": "active"}, [RECOVERED]),
+        ({"action": "refresh", "from_status": "auth_error", "to_status": "auth_error"}, []),
+        ({"action": "restore", "from_status": "deleted", "to_status": "active"}, [RESTORED]),
+        ({"action": "deletion", "from_status": "active", "to_status": "deleted"}, [DELETED]),
+        ({"action": "tags", "from_status": None, "to_status": None}, [ATTRIBUTED]),
+        ({"action": "attribution", "from_status": None, "to_status": None}, [ATTRIBUTED]),
+        (
+            {"action": "metadata", "from_status": None, "to_status": None},
+            ["connection.metadata_updated"],
+        ),
+        ({"action": "creation", "from_status": "active", "to_status": "active"}, []),
+        (
+            {
+                "action": "refresh",
+                "from_status": "active",
+                "to_status": "active",
+                "_owner_changed": True,
+            },
+            [ATTRIBUTED],
+        ),
+        (
+            {"action": "sync", "from_status": None, "to_status": None, "success": False},
+            ["connection.sync_failed"],
+        ),
+    ],
+)
+def test_what_a_history_row_means_to_a_consumer(row: dict[str, Any], expected: list[str]) -> None:
+    assert event_types({"success": None, **row}) == expected
+
+
+def test_webhooks_publish_each_change_once_with_the_connection_as_served(
+    client: TestClient, auth_headers: dict[str, str], sync_engine: Engine
+) -> None:
+    tags = {"end_user_id": "u1", "organization_id": "o1"}
+    assert post(client, auth(tags=tags)) == "applied"
+    assert post(client, auth(tags=tags)) == "duplicate"  # a duplicate delivery appends nothing
+    post(client, auth(operation="refresh", success=False))
+    post(
+        client,
+        auth(operation="refresh", success=False, error={"type": "again", "description": "x"}),
+    )
+    post(client, auth(operation="override", tags={**tags, "end_user_email": "u1@example.com"}))
+    post(client, sync_body(success=True))  # a good sync is not news
+    post(client, sync_body(success=False))
+    post(client, auth(operation="creation", tags={**tags, "plan": "pro"}))  # late: new owner tags
+    post(client, auth(operation="deletion"))
+    assert feed_types(sync_engine) == [
+        (CREATED, "webhook", "conn-1"),
+        (AUTH_ERROR, "webhook", "conn-1"),
+        (RECOVERED, "webhook", "conn-1"),
+        (ATTRIBUTED, "webhook", "conn-1"),
+        ("connection.sync_failed", "webhook", "conn-1"),
+        (ATTRIBUTED, "webhook", "conn-1"),
+        (DELETED, "webhook", "conn-1"),
+    ]
+    rows = feed(sync_engine)
+    assert [row.id for row in rows] == sorted(row.id for row in rows)
+    assert all(row.delivery_id is not None for row in rows)
+    assert (rows[0].end_user_id, rows[0].organization_id) == ("u1", "o1")
+    assert (rows[0].environment, rows[0].integration_id) == ("prod", "github")
+    served = client.get("/v1/connections/conn-1", headers=auth_headers).json()["data"]
+    assert rows[-1].connection == served  # the object of GET /v1/connections/{id}, as it is now
+    assert rows[0].connection["status"] == "active"
+    assert rows[1].connection["error"]["type"] == "refresh_token_external_error"
+
+
+def test_reconcile_publishes_creations_restorations_and_owners(
+    api: TestClient, auth_headers: dict[str, str], fake_nango: FakeNango, sync_engine: Engine
+) -> None:
+    fake_nango.add_connection(connection_id="new", tags={"end_user_id": "u1"})
+    fake_nango.add_connection(connection_id="back", tags={"end_user_id": "u2"})
+    fake_nango.add_connection(connection_id="owned", tags={"end_user_id": "u3"})
+    insert_connection(sync_engine, connection_id="back", status="deleted")
+    insert_connection(sync_engine, connection_id="owned")
+    insert_connection(sync_engine, connection_id="gone")
+    reconcile_over_http(api, auth_headers)
+    assert sorted(feed_types(sync_engine)) == [
+        (ATTRIBUTED, "reconcile", "back"),
+        (ATTRIBUTED, "reconcile", "owned"),
+        (CREATED, "reconcile", "new"),
+        (DELETED, "reconcile", "gone"),
+        (RESTORED, "reconcile", "back"),
+    ]
+    assert all(row.delivery_id is None for row in feed(sync_engine))
+
+
+def test_api_deletion_and_import_publish(
+    api: TestClient,
+    auth_headers: dict[str, str],
+    fake_nango: FakeNango,
+    sync_engine: Engine,
+    settings: Settings,
+) -> None:
+    fake_nango.add_connection(connection_id="conn-1")
+    insert_connection(sync_engine, connection_id="conn-1")
+    assert api.delete("/v1/connections/conn-1", headers=auth_headers).status_code == 200
+
+    async def run_import() -> None:
+        async with connected(settings) as database:
+            rows = [
+                ImportRow(1, "prod", "github", "legacy-1", "u9", None),
+                ImportRow(2, "prod", "github", "conn-1", "u9", "o9"),
+            ]
+            await import_rows(database, rows=rows)
+
+    asyncio.run(run_import())
+    assert feed_types(sync_engine) == [
+        (DELETED, "api", "conn-1"),
+        (CREATED, "import", "legacy-1"),
+        (ATTRIBUTED, "import", "conn-1"),
+    ]
