@@ -1,5 +1,5 @@
 """What a subscriber receives: a feed event as the Standard Webhooks body ``{type, timestamp,
-data}``, ``data`` being the event as ``GET /v1/events`` lists it."""
+data}``, ``data`` being the event exactly as ``GET /v1/events`` lists it (``event_json``)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from app.connections.feed import CHANNEL, EVENT_FIELDS, FeedEvent, event_json
 from app.db.database import Transaction, sql
 
 # The feed's NOTIFY channel: an event committed (Postgres only).
-FEED_CHANNEL = "feed_events"
+FEED_CHANNEL = CHANNEL
 
-EVENT = sql(
-    "SELECT id, type, occurred_at, source, delivery_id, connection FROM feed_events WHERE id = :id"
-)
+EVENT = sql(f"SELECT {', '.join(EVENT_FIELDS)} FROM feed_events WHERE id = :id")  # noqa: S608
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,13 +35,5 @@ async def load_feed_event(tx: Transaction, event_id: int) -> Message | None:
     row = await tx.fetchone(EVENT, {"id": event_id})
     if row is None:
         return None
-    event_id, type_, occurred_at, source, delivery_id, connection = row
-    data = {
-        "id": event_id,
-        "type": type_,
-        "occurred_at": occurred_at,
-        "source": source,
-        "delivery_id": delivery_id,
-        "connection": connection,
-    }
-    return Message(type=type_, timestamp=occurred_at, data=data)
+    event = FeedEvent(*row)
+    return Message(type=event.type, timestamp=event.occurred_at, data=event_json(event))

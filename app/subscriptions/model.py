@@ -7,17 +7,10 @@ from datetime import datetime
 from enum import StrEnum
 from urllib.parse import urlsplit
 
-# The feed's event types (issue 16); a subscription names some of them, or none for all.
-EVENT_TYPES = (
-    "connection.created",
-    "connection.attributed",
-    "connection.auth_error",
-    "connection.recovered",
-    "connection.deleted",
-    "connection.restored",
-    "connection.metadata_updated",
-    "connection.sync_failed",
-)
+from app.connections.feed import EventType
+
+# The feed's event types; a subscription names some of them, or none for all.
+EVENT_TYPES = tuple(str(kind) for kind in EventType)
 MAX_URL_LENGTH = 2048
 # What a subscriber's answer is kept of, per attempt.
 MAX_KEPT_BODY = 1024
