@@ -22,7 +22,9 @@ def test_several_workers_get_a_fresh_shared_directory(monkeypatch: pytest.Monkey
         assert os.environ["PROMETHEUS_MULTIPROC_DIR"] == created
         assert list(Path(created).iterdir()) == []
     finally:
-        monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+        # Not monkeypatch.delenv: it would record the value set above and put it back at the
+        # end, leaving later tests (and their servers) a directory that no longer exists.
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
         if created is not None:
             Path(created).rmdir()
 

@@ -182,6 +182,7 @@ class Dispatcher:
         self._sending: dict[int, asyncio.Task[None]] = {}
         self._stopping = False
         self._backlog_at = 0.0
+        self._claim_failing = False
 
     def wake(self) -> None:
         """Look for due deliveries now (an event committed, a subscription resumed...)."""
@@ -215,10 +216,16 @@ class Dispatcher:
     async def _claim_safely(self) -> list[Claimed]:
         try:
             await self._measure_backlog()
-            return await self.claim()
+            claimed = await self.claim()
         except Exception as error:  # the database is down or busy: try again at the next poll
-            log.warning("subscription_claim_failed", error_type=type(error).__name__)
+            if not self._claim_failing:  # one line per outage, not one per poll
+                log.warning("subscription_claim_failed", error_type=type(error).__name__)
+            self._claim_failing = True
             return []
+        if self._claim_failing:
+            log.info("subscription_claim_recovered")
+            self._claim_failing = False
+        return claimed
 
     async def claim(self) -> list[Claimed]:
         """Take the due deliveries this process has room for."""
@@ -428,7 +435,9 @@ def _attempt_row(delivery: Claimed, result: Result, tries: int, now: datetime) -
 
 
 async def listen(conninfo: str, channel: str, wake: Callable[[], None]) -> None:
-    """Wake the dispatcher on every NOTIFY on ``channel``; reconnects after a failure."""
+    """Wake the dispatcher on every NOTIFY on ``channel``; reconnects after a failure (polling
+    carries on meanwhile)."""
+    failing = False
     while True:
         try:
             connection = await psycopg.AsyncConnection.connect(
@@ -436,9 +445,12 @@ async def listen(conninfo: str, channel: str, wake: Callable[[], None]) -> None:
             )
             async with connection:
                 await connection.execute(f'LISTEN "{channel}"')
+                failing = False
                 wake()  # anything committed while not listening
                 async for _ in connection.notifies():
                     wake()
         except psycopg.Error as error:
-            log.warning("subscription_listen_failed", error_type=type(error).__name__)
+            if not failing:
+                log.warning("subscription_listen_failed", error_type=type(error).__name__)
+            failing = True
         await asyncio.sleep(1.0)
