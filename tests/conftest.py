@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,9 @@ from starlette.testclient import TestClient
 
 from app.application import create_app
 from app.db import migrate
+from app.db.database import Database, connected
 from app.settings import Settings, normalise_database_url
-from tests.fakes.nango import FakeNango
+from tests.fakes.nango import CREDENTIAL_MARKER, FakeNango
 
 # Property-based tests explore new inputs on every local run; under CI=true they replay a fixed
 # sequence, so that a landing is judged by the code, not by the draw (a local run that finds a
@@ -59,6 +60,8 @@ def pytest_configure(config: pytest.Config) -> None:
     from tests import secret_scan
 
     secret_scan.register_secret(TEST_SIGNING_KEY, TEST_API_KEY, TEST_NANGO_SECRET, TEST_SECRET)
+    # Every credential the fake Nango hands out starts with the marker: none may reach a log line.
+    secret_scan.register_secret(CREDENTIAL_MARKER)
     secret_scan.register_database_url(os.environ.get("TEST_DATABASE_URL") or "")
     config.pluginmanager.register(secret_scan.SecretScanPlugin(), "secret-scan")
     # As the service logs: JSON lines on (the current) standard error.
@@ -211,3 +214,15 @@ def make_client(make_settings: Any, fake_nango: FakeNango) -> Iterator[Any]:
 def api(make_client: Any) -> TestClient:
     client: TestClient = make_client()
     return client
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def database(settings: Settings, sync_engine: Engine) -> AsyncIterator[Database]:
+    """The service's own data layer on the test database (for calling its functions directly)."""
+    async with connected(settings) as database:
+        yield database

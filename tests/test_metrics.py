@@ -2,7 +2,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 from prometheus_client import REGISTRY
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -22,11 +21,6 @@ METRIC_FAMILIES = (
     "nango_registry_database_errors",
     "nango_registry_request_duration_seconds",
 )
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 def _latency_count(method: str, route: str, status: str) -> float:

@@ -227,14 +227,16 @@ def summary_json(end_user_id: str, summaries: list[IntegrationSummary]) -> dict[
 # Queries ------------------------------------------------------------------------------------
 
 
-class Page(Query):
+class PageQuery(Query):
+    """`limit` and `cursor`, for every paginated list."""
+
     limit: int = Field(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT, description="page size")
     cursor: str | None = Field(
         None, min_length=1, description="`next_cursor` of the previous page (opaque, signed)"
     )
 
 
-class ConnectionListQuery(Page):
+class ConnectionListQuery(PageQuery):
     """``GET /v1/connections``: every filter given must match (``tag[KEY]`` too, see there)."""
 
     end_user_id: Filter | None = Field(None, description="owner's user ID")
@@ -260,7 +262,7 @@ class Selector(Query):
     )
 
 
-class HistoryQuery(Selector, Page):
+class HistoryQuery(Selector, PageQuery):
     pass
 
 

@@ -20,7 +20,7 @@ from app.api.openapi import operation
 from app.api.shapes import (
     AttemptPage,
     NoQuery,
-    Page,
+    PageQuery,
     ReplayAnswer,
     ReplayRequest,
     SubscriptionAnswer,
@@ -218,11 +218,11 @@ def _wake(state: AppState) -> None:
     summary="Requests sent to a subscriber, newest first",
     answers={200: AttemptPage},
     errors=(400, 403, 404, 503),
-    query=Page,
+    query=PageQuery,
 )
 async def list_attempts(request: Request) -> JSONResponse:
     await require_api_key(request, write=True)
-    query = parse_query(Page, request.query_params)
+    query = parse_query(PageQuery, request.query_params)
     subscription_id = _subscription_id(request)
     state = app_state(request)
     scope = {"subscription": subscription_id}

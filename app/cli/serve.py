@@ -36,6 +36,10 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "server_header": False,
         "timeout_graceful_shutdown": settings.graceful_shutdown_seconds,
         "timeout_keep_alive": 75,
+        # The supervisor kills a worker that does not answer its ping within this many seconds
+        # (uvicorn's default is 5): a worker still importing the app on a busy or cold machine
+        # was killed and respawned in a loop, so it never started.
+        "timeout_worker_healthcheck": 30,
     }
 
 

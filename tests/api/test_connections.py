@@ -1,3 +1,5 @@
+"""/v1/connections: lookups, one connection, its history, reconnect sessions and deletes."""
+
 from __future__ import annotations
 
 import itertools
@@ -6,11 +8,15 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine, text
+from sqlmodel import SQLModel
 from starlette.testclient import TestClient
 
 from app.metrics import LOOKUPS
-from tests.api.conftest import add_connection
 from tests.conftest import TEST_API_KEY
+from tests.fakes.nango import FakeNango
+from tests.rows import add_connection, add_delivery, add_event, connection_row
+
+API_KEYS = SQLModel.metadata.tables["api_keys"]
 
 # (end_user_id, organization_id, integration_id, environment, status, tags)
 ROWS: list[tuple[str | None, str | None, str, str, str, dict[str, str]]] = [
@@ -480,3 +486,252 @@ def test_an_unreachable_database_is_503_not_500(make_settings: Any) -> None:
     assert response.status_code == 503
     assert response.headers["retry-after"] == "5"
     assert response.json()["error"]["code"] == "database_unavailable"
+
+
+def test_events_newest_first_with_their_deliveries_and_paginated(
+    client: TestClient, auth_headers: dict[str, str], sync_engine: Engine
+) -> None:
+    pk = add_connection(sync_engine, connection_id="evt")
+    other = add_connection(sync_engine, connection_id="other")
+    delivery = add_delivery(
+        sync_engine, connection_id="evt", received_at=datetime(2026, 5, 1, tzinfo=UTC)
+    )
+    first = add_event(sync_engine, pk, delivery_id=delivery, action="creation")
+    add_event(sync_engine, other, action="creation")
+    actions = ["refresh", "override", "sync", "refresh", "deletion"]
+    later = [
+        add_event(sync_engine, pk, action=action, source="reconcile", detail={"n": n})
+        for n, action in enumerate(actions)
+    ]
+
+    seen: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"limit": 2}
+        if cursor:
+            params["cursor"] = cursor
+        response = client.get("/v1/connections/evt/events", params=params, headers=auth_headers)
+        assert response.status_code == 200
+        body = response.json()
+        assert len(body["data"]) <= 2
+        seen += body["data"]
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+    assert [item["id"] for item in seen] == sorted([first, *later], reverse=True)
+    assert [item["action"] for item in seen] == [*reversed(actions), "creation"]
+    assert seen[0]["detail"] == {"n": 4}
+    assert seen[0]["delivery"] is None
+    assert seen[-1]["delivery"] == {
+        "id": delivery,
+        "received_at": "2026-05-01T00:00:00Z",
+        "webhook_type": "auth",
+        "operation": "creation",
+        "success": True,
+        "outcome": "applied",
+    }
+
+
+def test_events_of_unknown_or_ambiguous_connections(
+    client: TestClient, auth_headers: dict[str, str], sync_engine: Engine
+) -> None:
+    assert client.get("/v1/connections/none/events", headers=auth_headers).status_code == 404
+    a = add_connection(sync_engine, connection_id="dup", integration_id="github")
+    b = add_connection(sync_engine, connection_id="dup", integration_id="slack")
+    add_event(sync_engine, a, action="creation")
+    add_event(sync_engine, b, action="refresh")
+    assert client.get("/v1/connections/dup/events", headers=auth_headers).status_code == 409
+    slack = client.get(
+        "/v1/connections/dup/events", params={"integration_id": "slack"}, headers=auth_headers
+    ).json()
+    assert [item["action"] for item in slack["data"]] == ["refresh"]
+
+
+def test_event_cursor_is_bound_to_its_connection(
+    client: TestClient, auth_headers: dict[str, str], sync_engine: Engine
+) -> None:
+    a = add_connection(sync_engine, connection_id="a")
+    b = add_connection(sync_engine, connection_id="b")
+    for _ in range(3):
+        add_event(sync_engine, a)
+        add_event(sync_engine, b)
+    cursor = client.get(
+        "/v1/connections/a/events", params={"limit": 1}, headers=auth_headers
+    ).json()["next_cursor"]
+    response = client.get(
+        "/v1/connections/b/events", params={"cursor": cursor}, headers=auth_headers
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_cursor"
+    bad_limit = client.get("/v1/connections/a/events?limit=0", headers=auth_headers)
+    assert bad_limit.json()["error"]["details"] == {"parameter": "limit"}
+
+
+# Reconnect sessions -------------------------------------------------------------------------
+
+
+def test_reconnect_sends_the_stored_tags_again(
+    api: TestClient, auth_headers: dict[str, str], fake_nango: FakeNango, sync_engine: Engine
+) -> None:
+    fake_nango.add_connection(connection_id="conn-1", integration_id="github")
+    add_connection(
+        sync_engine,
+        end_user_id="user-1",
+        organization_id="org-1",
+        tags={"end_user_id": "user-1", "team": "core", "bad key": "dropped"},
+        connection_id="conn-1",
+    )
+    response = api.post("/v1/connections/conn-1/reconnect-session", headers=auth_headers)
+    assert response.status_code == 201, response.text
+    assert response.json()["token"].startswith("nango_connect_session_")
+    [sent] = fake_nango.requests_to("POST", "/connect/sessions/reconnect")
+    assert sent.body == {
+        "connection_id": "conn-1",
+        "integration_id": "github",
+        "tags": {"end_user_id": "user-1", "organization_id": "org-1", "team": "core"},
+    }
+
+
+def test_reconnect_of_a_connection_nango_no_longer_has_is_404(
+    api: TestClient, auth_headers: dict[str, str], fake_nango: FakeNango, sync_engine: Engine
+) -> None:
+    add_connection(
+        sync_engine, end_user_id="user-1", connection_id="conn-1"
+    )  # stored here, unknown to the fake
+    response = api.post("/v1/connections/conn-1/reconnect-session", headers=auth_headers)
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "unknown_at_nango"
+    assert len(fake_nango.requests_to("POST", "/connect/sessions/reconnect")) == 1
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/v1/connect-sessions"),
+        ("POST", "/v1/connections/conn-1/reconnect-session"),
+        ("DELETE", "/v1/connections/conn-1"),
+        ("POST", "/v1/reconcile"),
+        ("POST", "/v1/legacy/auth-hmac"),
+    ],
+)
+def test_actions_refuse_unknown_query_parameters_before_acting(
+    api: TestClient,
+    auth_headers: dict[str, str],
+    fake_nango: FakeNango,
+    sync_engine: Engine,
+    method: str,
+    path: str,
+) -> None:
+    add_connection(sync_engine, end_user_id="user-1", connection_id="conn-1")
+    response = api.request(method, f"{path}?dry_run=true", headers=auth_headers)
+    assert response.status_code == 400
+    assert response.json()["error"]["details"]["parameter"] == "dry_run"
+    assert fake_nango.requests == []
+
+
+def test_reconnect_ambiguous_legacy_id_needs_integration_id(
+    api: TestClient, auth_headers: dict[str, str], fake_nango: FakeNango, sync_engine: Engine
+) -> None:
+    fake_nango.add_connection(connection_id="user-9", integration_id="slack")
+    for integration in ("github", "slack"):
+        add_connection(
+            sync_engine, integration_id=integration, connection_id="user-9", end_user_id="user-9"
+        )
+    response = api.post("/v1/connections/user-9/reconnect-session", headers=auth_headers)
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "ambiguous_connection_id"
+    response = api.post(
+        "/v1/connections/user-9/reconnect-session",
+        headers=auth_headers,
+        json={"integration_id": "slack"},
+    )
+    assert response.status_code == 201, response.text
+    response = api.post(
+        "/v1/connections/user-9/reconnect-session?integration_id=github",
+        headers=auth_headers,
+        json={"integration_id": "slack"},
+    )
+    assert response.status_code == 400
+
+
+def test_reconnect_unknown_or_deleted(
+    api: TestClient, auth_headers: dict[str, str], fake_nango: FakeNango, sync_engine: Engine
+) -> None:
+    response = api.post("/v1/connections/nope/reconnect-session", headers=auth_headers)
+    assert response.status_code == 404
+    add_connection(sync_engine, connection_id="gone", status="deleted", end_user_id="u")
+    response = api.post("/v1/connections/gone/reconnect-session", headers=auth_headers)
+    assert response.status_code == 409
+    assert fake_nango.requests == []
+
+
+def test_reconnect_refused_by_nango_is_502(
+    api: TestClient, auth_headers: dict[str, str], fake_nango: FakeNango, sync_engine: Engine
+) -> None:
+    # (A connection Nango does not know is a 404: see the test above.)
+    fake_nango.add_connection(connection_id="only-here", integration_id="github")
+    add_connection(sync_engine, connection_id="only-here", end_user_id="u")
+    fake_nango.fail_next(1, status=400, code="invalid_body")
+    response = api.post("/v1/connections/only-here/reconnect-session", headers=auth_headers)
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "nango_invalid_body"
+
+
+# Deletes ------------------------------------------------------------------------------------
+
+
+def test_delete_at_nango_then_here_and_idempotent(
+    api: TestClient, auth_headers: dict[str, str], fake_nango: FakeNango, sync_engine: Engine
+) -> None:
+    fake_nango.add_connection(connection_id="conn-1", integration_id="github")
+    add_connection(sync_engine, end_user_id="user-1", connection_id="conn-1")
+    response = api.delete("/v1/connections/conn-1", headers=auth_headers)
+    assert response.status_code == 200, response.text
+    assert response.json()["data"]["status"] == "deleted"
+    assert fake_nango.find("conn-1") is None
+    row = connection_row(sync_engine, "conn-1")
+    assert row.status == "deleted"
+    assert row.deleted_at is not None
+    # Again: Nango answers unknown_connection, which counts as deleted; no second event.
+    again = api.delete("/v1/connections/conn-1", headers=auth_headers)
+    assert again.status_code == 200
+    assert again.json()["data"]["status"] == "deleted"
+    with sync_engine.connect() as conn:
+        events = conn.execute(text("SELECT source, action, to_status FROM connection_events")).all()
+    assert [tuple(e) for e in events] == [("api", "deletion", "deleted")]
+    assert len(fake_nango.requests_to("DELETE", "/connections/conn-1")) == 2
+
+
+def test_delete_unknown_here_is_404(api: TestClient, auth_headers: dict[str, str]) -> None:
+    response = api.delete("/v1/connections/nope", headers=auth_headers)
+    assert response.status_code == 404
+
+
+def test_delete_failing_at_nango_keeps_the_connection(
+    api: TestClient, auth_headers: dict[str, str], fake_nango: FakeNango, sync_engine: Engine
+) -> None:
+    fake_nango.add_connection(connection_id="conn-1")
+    add_connection(sync_engine, connection_id="conn-1")
+    fake_nango.fail_next(3, status=500)
+    response = api.delete("/v1/connections/conn-1", headers=auth_headers)
+    assert response.status_code == 502
+    assert connection_row(sync_engine, "conn-1").status == "active"
+    fake_nango.fail_next(1, status=403, code="forbidden")
+    response = api.delete("/v1/connections/conn-1", headers=auth_headers)
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "nango_forbidden"
+    assert connection_row(sync_engine, "conn-1").status == "active"
+
+
+def test_delete_legacy_id_with_a_slash(
+    api: TestClient, auth_headers: dict[str, str], fake_nango: FakeNango, sync_engine: Engine
+) -> None:
+    fake_nango.add_connection(connection_id="team/42", integration_id="github")
+    add_connection(sync_engine, connection_id="team/42")
+    # A "/" inside an ID is sent as %2F; a raw "/" separates path segments.
+    raw = api.delete("/v1/connections/team/42?integration_id=github", headers=auth_headers)
+    assert raw.status_code == 404
+    response = api.delete("/v1/connections/team%2F42?integration_id=github", headers=auth_headers)
+    assert response.status_code == 200, response.text
+    assert response.json()["data"]["connection_id"] == "team/42"
+    assert fake_nango.connections == []

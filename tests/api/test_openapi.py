@@ -24,9 +24,9 @@ from starlette.testclient import TestClient
 from app.api import openapi
 from app.application import create_app
 from app.settings import Settings
-from tests.api.conftest import add_connection, add_delivery, add_event
 from tests.conftest import TEST_API_KEY
 from tests.fakes.nango import FakeNango
+from tests.rows import add_connection, add_delivery, add_event
 
 AUTH = {"Authorization": f"Bearer {TEST_API_KEY}"}
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, insert
+from sqlalchemy import Engine
 from sqlmodel import Session, SQLModel
 from starlette.testclient import TestClient
 
@@ -17,6 +17,7 @@ from app.db.tables import ApiKeyTable
 from app.subscriptions import signing
 from tests import secret_scan
 from tests.conftest import TEST_SECRET
+from tests.rows import add_attempt, add_outbox_delivery
 
 ATTEMPTS = SQLModel.metadata.tables["subscription_attempts"]
 DELIVERIES = SQLModel.metadata.tables["subscription_deliveries"]
@@ -236,25 +237,18 @@ def test_every_route_needs_a_full_access_key(
 
 
 def add_attempts(engine: Engine, subscription_id: int, count: int) -> None:
-    now = datetime.now(UTC)
-    with engine.begin() as conn:
-        inserted = conn.execute(
-            insert(DELIVERIES).values(
-                subscription_id=subscription_id, event_id=9, connection_pk=1, status="pending",
-                tries=count, next_attempt_at=now, created_at=now,
-            )
-        ).inserted_primary_key  # fmt: skip
-        assert inserted is not None
-        delivery = inserted[0]
-        for n in range(1, count + 1):
-            conn.execute(
-                insert(ATTEMPTS).values(
-                    subscription_id=subscription_id, delivery_id=delivery, event_id=9,
-                    try_number=n, attempted_at=now, outcome="failed" if n < count else "succeeded",
-                    status_code=500 if n < count else 200, latency_ms=12,
-                    response_body="oops", error=None,
-                )
-            )  # fmt: skip
+    """``count`` tries of event 9: failures, then a success."""
+    delivery = add_outbox_delivery(engine, subscription_id, 9, 1, tries=count)
+    for n in range(1, count + 1):
+        last = n == count
+        add_attempt(
+            engine,
+            delivery,
+            try_number=n,
+            outcome="succeeded" if last else "failed",
+            status_code=200 if last else 500,
+            response_body="oops",
+        )
 
 
 def test_attempts_are_listed_newest_first_in_pages(

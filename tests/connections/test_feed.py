@@ -15,7 +15,7 @@ from app.db.database import connected
 from app.settings import Settings
 from tests.fakes.nango import FakeNango
 from tests.nango.clients import reconcile_over_http
-from tests.rows import feed, feed_types, insert_connection
+from tests.rows import add_connection, feed, feed_types
 from tests.webhooks.helpers import auth_body as auth
 from tests.webhooks.helpers import signed_headers, sync_body
 
@@ -113,9 +113,9 @@ def test_reconcile_publishes_creations_restorations_and_owners(
     fake_nango.add_connection(connection_id="new", tags={"end_user_id": "u1"})
     fake_nango.add_connection(connection_id="back", tags={"end_user_id": "u2"})
     fake_nango.add_connection(connection_id="owned", tags={"end_user_id": "u3"})
-    insert_connection(sync_engine, connection_id="back", status="deleted")
-    insert_connection(sync_engine, connection_id="owned")
-    insert_connection(sync_engine, connection_id="gone")
+    add_connection(sync_engine, connection_id="back", status="deleted")
+    add_connection(sync_engine, connection_id="owned")
+    add_connection(sync_engine, connection_id="gone")
     reconcile_over_http(api, auth_headers)
     assert sorted(feed_types(sync_engine)) == [
         (ATTRIBUTED, "reconcile", "back"),
@@ -135,7 +135,7 @@ def test_api_deletion_and_import_publish(
     settings: Settings,
 ) -> None:
     fake_nango.add_connection(connection_id="conn-1")
-    insert_connection(sync_engine, connection_id="conn-1")
+    add_connection(sync_engine, connection_id="conn-1")
     assert api.delete("/v1/connections/conn-1", headers=auth_headers).status_code == 200
 
     async def run_import() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -74,6 +75,7 @@ def serve(*, env: dict[str, str], output: Path, workers: int = 1, timeout: float
         stdout=handle,
         stderr=subprocess.STDOUT,
         cwd=output.parent,
+        start_new_session=True,  # its own process group: cleanup reaches orphaned workers too
     )
     handle.close()
     served = Served(process=process, port=port, output=output, env=full_env)
@@ -100,3 +102,10 @@ def stop(served: Served, timeout: float = 30) -> None:
         except subprocess.TimeoutExpired:
             served.process.kill()
             served.process.wait(10)
+    kill_group(served.process)
+
+
+def kill_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL whatever is left of the server's process group (workers of a killed supervisor)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx2
 import pytest
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine, select, update
 from sqlmodel import SQLModel
 from standardwebhooks import Webhook
 
@@ -30,6 +30,7 @@ from app.subscriptions.events import Message
 from app.subscriptions.model import Outcome
 from tests import secret_scan
 from tests.conftest import TEST_SECRET
+from tests.rows import add_outbox_delivery
 
 pytestmark = pytest.mark.anyio
 
@@ -58,23 +59,7 @@ async def subscribe(database: Database, **filters: Any) -> tuple[int, str]:
 
 def queue(engine: Engine, subscription_id: int, *events: tuple[int, int]) -> list[int]:
     """(event id, connection pk) pairs as pending deliveries; their ids in order."""
-    now = datetime.now(UTC)
-    ids = []
-    with engine.begin() as conn:
-        for event_id, connection_pk in events:
-            row = {
-                "subscription_id": subscription_id,
-                "event_id": event_id,
-                "connection_pk": connection_pk,
-                "status": "pending",
-                "tries": 0,
-                "next_attempt_at": now,
-                "created_at": now,
-            }
-            inserted = conn.execute(insert(DELIVERIES).values(row)).inserted_primary_key
-            assert inserted is not None
-            ids.append(inserted[0])
-    return ids
+    return [add_outbox_delivery(engine, subscription_id, event, pk) for event, pk in events]
 
 
 def rows(engine: Engine, table: Any) -> list[Any]:

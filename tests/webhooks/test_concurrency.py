@@ -3,7 +3,7 @@
 Concurrent requests run as tasks on one event loop through ``httpx2.ASGITransport``: each holds
 its own session and pooled connection, so their transactions really overlap on the database
 (checked by counting open transactions, not assumed). Expected states come from ``final_state``,
-the rules of ``app.webhooks.rules`` transcribed in ``tests.webhooks.rules``, never from
+the rules of ``app.webhooks.rules`` transcribed in ``tests.webhooks.rules_model``, never from
 per-order constants.
 """
 
@@ -27,7 +27,7 @@ from app.application import create_app
 from app.db.tables import DeliveryTable
 from app.db.types import utcnow
 from tests.webhooks.helpers import signed_headers
-from tests.webhooks.rules import (
+from tests.webhooks.rules_model import (
     CREATION,
     CREATION_FAILED,
     DELETION,
@@ -40,11 +40,6 @@ from tests.webhooks.rules import (
 )
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 EVENT_SETS = {

@@ -21,7 +21,7 @@ from app.webhooks.deliveries import (
     list_deliveries,
 )
 from app.webhooks.model import DeliveryOutcome
-from tests.rows import insert_delivery
+from tests.rows import add_delivery
 
 T = TypeVar("T")
 START = datetime(2026, 11, 1, tzinfo=UTC)
@@ -47,7 +47,7 @@ def stored(sync_engine: Engine) -> list[int]:
         {"webhook_type": "forward", "operation": None, "outcome": "recorded"},
     ]
     return [
-        insert_delivery(sync_engine, received_at=START + timedelta(minutes=i), **row)
+        add_delivery(sync_engine, received_at=START + timedelta(minutes=i), **row)
         for i, row in enumerate(rows)
     ]
 
@@ -92,7 +92,7 @@ def test_pages_continue_after_the_cursor(
             break
         # A delivery stored between pages changes nothing in the pages still to read
         # (newest first), or comes at the end (oldest first).
-        insert_delivery(sync_engine, received_at=START)
+        add_delivery(sync_engine, received_at=START)
     assert seen[: len(expected)] == expected
     assert cursor is None
 

@@ -29,7 +29,7 @@ from sqlalchemy import Engine, text
 from tests.conftest import TEST_SIGNING_KEY
 from tests.net import free_port
 from tests.webhooks.helpers import VECTORS, auth_body, sign, signed_headers
-from tests.webhooks.rules import Event, final_state
+from tests.webhooks.rules_model import Event, final_state
 
 SECRET_KEY = "e2e-secret-key-that-must-never-be-logged"
 BODY_LIMIT = 65536

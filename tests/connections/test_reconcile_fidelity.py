@@ -16,7 +16,7 @@ from app.db.database import Database
 from tests.fakes.nango import ErrorType, FakeNango
 from tests.nango.clients import client_for
 from tests.nango.clients import reconcile_over_http as run_reconcile
-from tests.rows import all_connections, connection_row, events, insert_connection
+from tests.rows import add_connection, all_connections, connection_row, history
 
 HOUR_AGO = datetime.now(UTC) - timedelta(hours=1)
 
@@ -26,7 +26,7 @@ def test_sync_errors_leave_the_status_alone_and_auth_keeps_the_stored_type(
 ) -> None:
     def both(connection_id: str, errors: list[ErrorType], **stored: object) -> None:
         fake_nango.add_connection(connection_id=connection_id, errors=errors)
-        insert_connection(sync_engine, connection_id=connection_id, updated_at=HOUR_AGO, **stored)
+        add_connection(sync_engine, connection_id=connection_id, updated_at=HOUR_AGO, **stored)
 
     described = {
         "status": "auth_error",
@@ -51,12 +51,12 @@ def test_sync_errors_leave_the_status_alone_and_auth_keeps_the_stored_type(
     assert rows["described"].status == "auth_error"
     assert rows["described"].error_type == "refresh_token_external_error"
     assert rows["described"].error_description == "invalid_grant"
-    assert not [e for e in events(sync_engine) if e.connection_pk == rows["described"].id]
+    assert not [e for e in history(sync_engine) if e.connection_pk == rows["described"].id]
     for name in ("newly-broken", "untyped", "new-broken"):
         assert (rows[name].status, rows[name].error_type) == ("auth_error", "auth"), name
     assert rows["untyped"].error_since == rows["described"].error_since
     # Nango's entries are kept in the history of what reconcile changed.
-    listed = {e["type"] for e in events(sync_engine) for e in e.detail.get("nango_errors", [])}
+    listed = {e["type"] for e in history(sync_engine) for e in e.detail.get("nango_errors", [])}
     assert listed == {"sync", "auth"}
 
     assert run_reconcile(api, auth_headers) == {**counts, "created": 0, "updated": 0}
@@ -72,7 +72,7 @@ def test_a_legacy_id_that_search_over_matches_is_not_tombstoned(
     # A legacy ID chosen under the public-key flow, then 102 newer connections that Nango's
     # search for it also matches ("_" is a wildcard): its own row is not among the first 100.
     fake_nango.add_connection(connection_id="user_1")
-    insert_connection(sync_engine, connection_id="user_1", end_user_id="u1", updated_at=HOUR_AGO)
+    add_connection(sync_engine, connection_id="user_1", end_user_id="u1", updated_at=HOUR_AGO)
     newer = [fake_nango.add_connection(connection_id=f"user-1-{i}") for i in range(102)]
     total = len(fake_nango.connections)
     # "user_1" is the oldest, the first row of the last page; a deletion at Nango while the
@@ -109,7 +109,7 @@ async def test_reconcile_finishes_through_a_burst_of_429s(
     fake = FakeNango()
     for i in range(10):
         fake.add_connection(connection_id=f"c{i}", tags={"end_user_id": f"u{i}"})
-    insert_connection(sync_engine, connection_id="gone", end_user_id="u-g", updated_at=HOUR_AGO)
+    add_connection(sync_engine, connection_id="gone", end_user_id="u-g", updated_at=HOUR_AGO)
 
     def burst(page: int) -> None:
         if page == 1:
@@ -134,7 +134,7 @@ async def test_reconcile_paces_itself_under_the_rate_limit(
     fake = FakeNango()
     for i in range(11):
         fake.add_connection(connection_id=f"c{i}")
-    insert_connection(sync_engine, connection_id="gone", updated_at=HOUR_AGO)
+    add_connection(sync_engine, connection_id="gone", updated_at=HOUR_AGO)
     fake.limiter.per_window(4, window=1.0)
     started = time.monotonic()
     # Nango rounds the reset time down to the second: the margin covers that.

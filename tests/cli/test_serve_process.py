@@ -29,6 +29,7 @@ from sqlalchemy import Engine, text
 
 from tests.conftest import TEST_API_KEY, TEST_SIGNING_KEY
 from tests.net import free_port
+from tests.reliability.server import kill_group
 
 # Heroku sends SIGKILL 30 s after SIGTERM; the service promises to be gone within 25 s.
 EXIT_DEADLINE_SECONDS = 25.0
@@ -114,27 +115,32 @@ def serve(
             env=env,
             stdout=sink,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: cleanup reaches every worker
         )
     server = Server(process=process, port=port, log=log)
     try:
-        _wait_until_serving(server)
+        _wait_until_serving(server, workers)
         yield server
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
+        kill_group(process)
 
 
-def _wait_until_serving(server: Server) -> None:
+def _wait_until_serving(server: Server, workers: int) -> None:
+    """Until /healthz answers and every worker has started (one can answer before the other)."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
             pytest.fail(f"serve exited with {server.process.returncode}:\n{server.output()}")
         try:
-            if server.request("GET", "/healthz", timeout=1)[0] == 200:
+            healthy = server.request("GET", "/healthz", timeout=1)[0] == 200
+            if healthy and server.events("started") == workers:
                 return
         except OSError:
-            time.sleep(0.1)
+            pass
+        time.sleep(0.1)
     pytest.fail(f"serve did not answer /healthz within 30 s:\n{server.output()}")
 
 

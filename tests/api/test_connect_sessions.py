@@ -1,4 +1,4 @@
-"""The routes that act on Nango, over HTTP, against the fake Nango and a real database."""
+"""POST /v1/connect-sessions over HTTP, against the fake Nango and a real database."""
 
 from __future__ import annotations
 
@@ -7,18 +7,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, insert, text
+from sqlalchemy import Engine, insert
 from sqlmodel import SQLModel
 from starlette.testclient import TestClient
 
+import app.db.tables  # noqa: F401  (registers the tables on the metadata)
 from app.api.keys import hash_key
 from tests.fakes.nango import FakeNango
-from tests.rows import connection_row, insert_connection
 
 API_KEYS = SQLModel.metadata.tables["api_keys"]
-
-
-# Connect sessions ---------------------------------------------------------------------------
 
 
 def test_connect_session_sends_tags_and_answers_201(
@@ -225,201 +222,3 @@ def test_no_nango_secret_is_503(make_client: Any, auth_headers: dict[str, str]) 
     error = response.json()["error"]
     assert error["code"] == "nango_not_configured"
     assert "NANGO_SECRET_KEY" in error["message"]
-
-
-# Reconnect sessions -------------------------------------------------------------------------
-
-
-def test_reconnect_sends_the_stored_tags_again(
-    api: TestClient, auth_headers: dict[str, str], fake_nango: FakeNango, sync_engine: Engine
-) -> None:
-    fake_nango.add_connection(connection_id="conn-1", integration_id="github")
-    insert_connection(
-        sync_engine,
-        end_user_id="user-1",
-        organization_id="org-1",
-        tags={"end_user_id": "user-1", "team": "core", "bad key": "dropped"},
-    )
-    response = api.post("/v1/connections/conn-1/reconnect-session", headers=auth_headers)
-    assert response.status_code == 201, response.text
-    assert response.json()["token"].startswith("nango_connect_session_")
-    [sent] = fake_nango.requests_to("POST", "/connect/sessions/reconnect")
-    assert sent.body == {
-        "connection_id": "conn-1",
-        "integration_id": "github",
-        "tags": {"end_user_id": "user-1", "organization_id": "org-1", "team": "core"},
-    }
-
-
-def test_reconnect_of_a_connection_nango_no_longer_has_is_404(
-    api: TestClient, auth_headers: dict[str, str], fake_nango: FakeNango, sync_engine: Engine
-) -> None:
-    insert_connection(sync_engine, end_user_id="user-1")  # stored here, unknown to the fake
-    response = api.post("/v1/connections/conn-1/reconnect-session", headers=auth_headers)
-    assert response.status_code == 404
-    assert response.json()["error"]["code"] == "unknown_at_nango"
-    assert len(fake_nango.requests_to("POST", "/connect/sessions/reconnect")) == 1
-
-
-@pytest.mark.parametrize(
-    ("method", "path"),
-    [
-        ("POST", "/v1/connect-sessions"),
-        ("POST", "/v1/connections/conn-1/reconnect-session"),
-        ("DELETE", "/v1/connections/conn-1"),
-        ("POST", "/v1/reconcile"),
-        ("POST", "/v1/legacy/auth-hmac"),
-    ],
-)
-def test_actions_refuse_unknown_query_parameters_before_acting(
-    api: TestClient,
-    auth_headers: dict[str, str],
-    fake_nango: FakeNango,
-    sync_engine: Engine,
-    method: str,
-    path: str,
-) -> None:
-    insert_connection(sync_engine, end_user_id="user-1")
-    response = api.request(method, f"{path}?dry_run=true", headers=auth_headers)
-    assert response.status_code == 400
-    assert response.json()["error"]["details"]["parameter"] == "dry_run"
-    assert fake_nango.requests == []
-
-
-def test_reconnect_ambiguous_legacy_id_needs_integration_id(
-    api: TestClient, auth_headers: dict[str, str], fake_nango: FakeNango, sync_engine: Engine
-) -> None:
-    fake_nango.add_connection(connection_id="user-9", integration_id="slack")
-    for integration in ("github", "slack"):
-        insert_connection(
-            sync_engine, integration_id=integration, connection_id="user-9", end_user_id="user-9"
-        )
-    response = api.post("/v1/connections/user-9/reconnect-session", headers=auth_headers)
-    assert response.status_code == 409
-    assert response.json()["error"]["code"] == "ambiguous_connection_id"
-    response = api.post(
-        "/v1/connections/user-9/reconnect-session",
-        headers=auth_headers,
-        json={"integration_id": "slack"},
-    )
-    assert response.status_code == 201, response.text
-    response = api.post(
-        "/v1/connections/user-9/reconnect-session?integration_id=github",
-        headers=auth_headers,
-        json={"integration_id": "slack"},
-    )
-    assert response.status_code == 400
-
-
-def test_reconnect_unknown_or_deleted(
-    api: TestClient, auth_headers: dict[str, str], fake_nango: FakeNango, sync_engine: Engine
-) -> None:
-    response = api.post("/v1/connections/nope/reconnect-session", headers=auth_headers)
-    assert response.status_code == 404
-    insert_connection(sync_engine, connection_id="gone", status="deleted", end_user_id="u")
-    response = api.post("/v1/connections/gone/reconnect-session", headers=auth_headers)
-    assert response.status_code == 409
-    assert fake_nango.requests == []
-
-
-def test_reconnect_refused_by_nango_is_502(
-    api: TestClient, auth_headers: dict[str, str], fake_nango: FakeNango, sync_engine: Engine
-) -> None:
-    # (A connection Nango does not know is a 404: see the test above.)
-    fake_nango.add_connection(connection_id="only-here", integration_id="github")
-    insert_connection(sync_engine, connection_id="only-here", end_user_id="u")
-    fake_nango.fail_next(1, status=400, code="invalid_body")
-    response = api.post("/v1/connections/only-here/reconnect-session", headers=auth_headers)
-    assert response.status_code == 502
-    assert response.json()["error"]["code"] == "nango_invalid_body"
-
-
-# Deletes ------------------------------------------------------------------------------------
-
-
-def test_delete_at_nango_then_here_and_idempotent(
-    api: TestClient, auth_headers: dict[str, str], fake_nango: FakeNango, sync_engine: Engine
-) -> None:
-    fake_nango.add_connection(connection_id="conn-1", integration_id="github")
-    insert_connection(sync_engine, end_user_id="user-1")
-    response = api.delete("/v1/connections/conn-1", headers=auth_headers)
-    assert response.status_code == 200, response.text
-    assert response.json()["data"]["status"] == "deleted"
-    assert fake_nango.find("conn-1") is None
-    row = connection_row(sync_engine, "conn-1")
-    assert row.status == "deleted"
-    assert row.deleted_at is not None
-    # Again: Nango answers unknown_connection, which counts as deleted; no second event.
-    again = api.delete("/v1/connections/conn-1", headers=auth_headers)
-    assert again.status_code == 200
-    assert again.json()["data"]["status"] == "deleted"
-    with sync_engine.connect() as conn:
-        events = conn.execute(text("SELECT source, action, to_status FROM connection_events")).all()
-    assert [tuple(e) for e in events] == [("api", "deletion", "deleted")]
-    assert len(fake_nango.requests_to("DELETE", "/connections/conn-1")) == 2
-
-
-def test_delete_unknown_here_is_404(api: TestClient, auth_headers: dict[str, str]) -> None:
-    response = api.delete("/v1/connections/nope", headers=auth_headers)
-    assert response.status_code == 404
-
-
-def test_delete_failing_at_nango_keeps_the_connection(
-    api: TestClient, auth_headers: dict[str, str], fake_nango: FakeNango, sync_engine: Engine
-) -> None:
-    fake_nango.add_connection(connection_id="conn-1")
-    insert_connection(sync_engine)
-    fake_nango.fail_next(3, status=500)
-    response = api.delete("/v1/connections/conn-1", headers=auth_headers)
-    assert response.status_code == 502
-    assert connection_row(sync_engine, "conn-1").status == "active"
-    fake_nango.fail_next(1, status=403, code="forbidden")
-    response = api.delete("/v1/connections/conn-1", headers=auth_headers)
-    assert response.status_code == 502
-    assert response.json()["error"]["code"] == "nango_forbidden"
-    assert connection_row(sync_engine, "conn-1").status == "active"
-
-
-def test_delete_legacy_id_with_a_slash(
-    api: TestClient, auth_headers: dict[str, str], fake_nango: FakeNango, sync_engine: Engine
-) -> None:
-    fake_nango.add_connection(connection_id="team/42", integration_id="github")
-    insert_connection(sync_engine, connection_id="team/42")
-    # A "/" inside an ID is sent as %2F; a raw "/" separates path segments.
-    raw = api.delete("/v1/connections/team/42?integration_id=github", headers=auth_headers)
-    assert raw.status_code == 404
-    response = api.delete("/v1/connections/team%2F42?integration_id=github", headers=auth_headers)
-    assert response.status_code == 200, response.text
-    assert response.json()["data"]["connection_id"] == "team/42"
-    assert fake_nango.connections == []
-
-
-# Legacy HMAC --------------------------------------------------------------------------------
-
-
-def test_legacy_hmac_matches_the_facts_vector(
-    make_client: Any, auth_headers: dict[str, str]
-) -> None:
-    api = make_client(nango_legacy_hmac_key="my-hmac-key")
-    response = api.post(
-        "/v1/legacy/auth-hmac",
-        headers=auth_headers,
-        json={"integration_id": "github", "connection_id": "user-123"},
-    )
-    assert response.status_code == 200
-    assert response.json() == {
-        "hmac": "288fab16636850549d832b71437aa742468d6d2cbbd678697cb3356243b1ce2e"
-    }
-    response = api.post(
-        "/v1/legacy/auth-hmac", headers=auth_headers, json={"integration_id": "github"}
-    )
-    assert response.status_code == 400
-
-
-def test_legacy_hmac_is_404_without_a_key(api: TestClient, auth_headers: dict[str, str]) -> None:
-    response = api.post(
-        "/v1/legacy/auth-hmac",
-        headers=auth_headers,
-        json={"integration_id": "github", "connection_id": "user-123"},
-    )
-    assert response.status_code == 404

@@ -8,23 +8,25 @@ import pytest
 from app.cli.serve import _prepare_metrics_directory
 
 
+@pytest.fixture(autouse=True)
+def _restore_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The function under test sets PROMETHEUS_MULTIPROC_DIR for the workers; undo it after."""
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "")
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
+
+
 def test_one_worker_needs_no_metrics_directory(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     assert _prepare_metrics_directory(None, workers=1) is None
     assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ
 
 
 def test_several_workers_get_a_fresh_shared_directory(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     created = _prepare_metrics_directory(None, workers=3)
     try:
         assert created is not None
         assert os.environ["PROMETHEUS_MULTIPROC_DIR"] == created
         assert list(Path(created).iterdir()) == []
     finally:
-        # Not monkeypatch.delenv: it would record the value set above and put it back at the
-        # end, leaving later tests (and their servers) a directory that no longer exists.
-        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
         if created is not None:
             Path(created).rmdir()
 

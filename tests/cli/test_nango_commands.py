@@ -16,7 +16,7 @@ from app.cli.nango_commands import reconcile_command
 from app.settings import Settings
 from tests.conftest import TEST_API_KEY
 from tests.fakes.nango import FakeNango
-from tests.rows import all_connections, connection_row, events, insert_connection
+from tests.rows import add_connection, all_connections, connection_row, history
 
 RUNS = SQLModel.metadata.tables["reconcile_runs"]
 
@@ -46,7 +46,7 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_import_csv_happy_path_then_idempotent(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], sync_engine: Engine
 ) -> None:
-    insert_connection(sync_engine, connection_id="user-3", end_user_id=None, organization_id=None)
+    add_connection(sync_engine, connection_id="user-3", end_user_id=None, organization_id=None)
     path = write(
         tmp_path,
         "integration_id,connection_id,end_user_id,organization_id,environment\n"
@@ -64,7 +64,7 @@ def test_import_csv_happy_path_then_idempotent(
     assert rows["dev", "slack", "user-1"].organization_id is None
     assert rows["prod", "github", "user, with comma"].end_user_id == "user-2"
     assert rows["prod", "github", "user-3"].organization_id == "org-3"
-    assert {e.source for e in events(sync_engine)} == {"import"}
+    assert {e.source for e in history(sync_engine)} == {"import"}
 
     code, report = run_import(path, capsys)
     assert code == 0
@@ -168,7 +168,7 @@ async def test_cli_reconcile_prints_counts(
 ) -> None:
     fake = FakeNango()
     fake.add_connection(connection_id="new-one", tags={"end_user_id": "u1"})
-    insert_connection(
+    add_connection(
         sync_engine, connection_id="gone", updated_at=datetime.now(UTC) - timedelta(hours=1)
     )
     settings: Settings = make_settings()

@@ -13,7 +13,7 @@ from starlette.testclient import TestClient
 
 from tests.fakes.nango import FakeNango
 from tests.nango.clients import reconcile_over_http as reconcile
-from tests.rows import CONNECTIONS, all_connections, connection_row, events, insert_connection
+from tests.rows import CONNECTIONS, add_connection, all_connections, connection_row, history
 
 pytestmark = pytest.mark.usefixtures("small_pages")
 
@@ -53,7 +53,7 @@ def test_reconcile_over_pages_creates_updates_and_deletes(
     fake_nango.add_connection(connection_id="broken-new", errors=["auth"])
     # Known here, and changed at Nango.
     fake_nango.add_connection(connection_id="recovered", tags={"end_user_id": "u-r"})
-    insert_connection(
+    add_connection(
         sync_engine,
         connection_id="recovered",
         status="auth_error",
@@ -67,7 +67,7 @@ def test_reconcile_over_pages_creates_updates_and_deletes(
         tags={"end_user_id": "u-b"},
         errors=["auth"],
     )
-    insert_connection(
+    add_connection(
         sync_engine,
         connection_id="now-broken",
         end_user_id="u-b",
@@ -75,7 +75,7 @@ def test_reconcile_over_pages_creates_updates_and_deletes(
         updated_at=datetime.now(UTC) - timedelta(hours=1),
     )
     fake_nango.add_connection(connection_id="old-tombstone", tags={"end_user_id": "u-t"})
-    insert_connection(
+    add_connection(
         sync_engine,
         connection_id="old-tombstone",
         status="deleted",
@@ -84,13 +84,13 @@ def test_reconcile_over_pages_creates_updates_and_deletes(
         updated_at=datetime.now(UTC) - timedelta(days=1),
     )
     # Known here, gone at Nango; and one in another environment, which is not ours to judge.
-    insert_connection(
+    add_connection(
         sync_engine,
         connection_id="gone",
         end_user_id="u-g",
         updated_at=datetime.now(UTC) - timedelta(hours=1),
     )
-    insert_connection(
+    add_connection(
         sync_engine,
         environment="dev",
         connection_id="dev-only",
@@ -134,7 +134,7 @@ def test_reconcile_over_pages_creates_updates_and_deletes(
     assert rows["prod", "github", "gone"].status == "deleted"
     assert rows["prod", "github", "gone"].deleted_at is not None
     assert rows["dev", "github", "dev-only"].status == "active"
-    assert {e.source for e in events(sync_engine)} == {"reconcile"}
+    assert {e.source for e in history(sync_engine)} == {"reconcile"}
 
     # A second run finds nothing to change.
     again = reconcile(api, auth_headers)
@@ -155,16 +155,22 @@ def test_reconcile_racing_webhooks_keeps_newer_local_changes(
         fake_nango.add_connection(connection_id=f"c{i}", tags={"end_user_id": f"u{i}"})
     old = datetime.now(UTC) - timedelta(hours=1)
     # "c0" is on the last page; a webhook will say its credentials broke during the listing.
-    insert_connection(sync_engine, connection_id="c0", end_user_id="u0", updated_at=old)
+    add_connection(sync_engine, connection_id="c0", end_user_id="u0", updated_at=old)
     # "c1" is on the last page too; a deletion webhook will arrive during the listing.
-    insert_connection(sync_engine, connection_id="c1", end_user_id="u1", updated_at=old)
+    add_connection(sync_engine, connection_id="c1", end_user_id="u1", updated_at=old)
 
     def webhooks_arrive(page: int) -> None:
         if page != 1:
             return
         now = datetime.now(UTC)
         # A connection made moments ago: Nango's listing (already past page 0) will not show it.
-        insert_connection(sync_engine, connection_id="raced-new", end_user_id="u-new")
+        add_connection(
+            sync_engine,
+            connection_id="raced-new",
+            end_user_id="u-new",
+            created_at=now,
+            updated_at=now,
+        )
         with sync_engine.begin() as conn:
             conn.execute(
                 update(CONNECTIONS)
@@ -199,7 +205,7 @@ def test_deletion_at_nango_during_the_listing_is_no_false_deletion(
     made = [fake_nango.add_connection(connection_id=f"c{i}") for i in range(6)]
     old = datetime.now(UTC) - timedelta(hours=1)
     for connection in made:
-        insert_connection(sync_engine, connection_id=connection.connection_id, updated_at=old)
+        add_connection(sync_engine, connection_id=connection.connection_id, updated_at=old)
 
     def newest_deleted_at_nango(page: int) -> None:
         # Offset paging: removing a row from page 0 shifts the first row of page 1 onto page 0,
@@ -224,8 +230,8 @@ def test_an_empty_listing_deletes_nothing(
     api: TestClient, auth_headers: dict[str, str], sync_engine: Engine
 ) -> None:
     old = datetime.now(UTC) - timedelta(hours=1)
-    insert_connection(sync_engine, connection_id="a", updated_at=old)
-    insert_connection(sync_engine, connection_id="b", updated_at=old)
+    add_connection(sync_engine, connection_id="a", updated_at=old)
+    add_connection(sync_engine, connection_id="b", updated_at=old)
     counts = reconcile(api, auth_headers)
     assert counts == {"seen": 0, "created": 0, "updated": 0, "deleted": 0, "unattributed": 0}
     assert {row.status for row in all_connections(sync_engine).values()} == {"active"}
@@ -236,7 +242,7 @@ def test_nango_failing_mid_listing_deletes_nothing_and_records_the_failure(
 ) -> None:
     for i in range(5):
         fake_nango.add_connection(connection_id=f"c{i}")
-    insert_connection(
+    add_connection(
         sync_engine, connection_id="gone", updated_at=datetime.now(UTC) - timedelta(hours=1)
     )
 
