@@ -7,6 +7,7 @@ import logging
 from collections.abc import Iterator
 
 import pytest
+import structlog
 from sqlalchemy import Engine
 
 from app.cli import main
@@ -24,9 +25,12 @@ def cli_env(
     monkeypatch.setenv("LOG_LEVEL", "warning")
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
+    saved_structlog = structlog.get_config()
     yield
+    # The CLI configures logging at LOG_LEVEL; later tests must not inherit it.
     root.handlers[:] = handlers
     root.setLevel(level)
+    structlog.configure(**saved_structlog)
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
