@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx2
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.routing import BaseRoute
 
 from app import probes
 from app.api import (
@@ -36,12 +37,22 @@ ROUTES = [
 ]
 
 
+def console_routes(settings: Settings) -> list[BaseRoute]:
+    """The operator console, when it is on; imported only then (Jinja2 and the templates are
+    not loaded by a service that does not serve it)."""
+    if not settings.console_enabled:
+        return []
+    from app.console.routes import console_mount
+
+    return [console_mount(settings)]
+
+
 def create_app(
     settings: Settings, *, nango_transport: httpx2.AsyncBaseTransport | None = None
 ) -> Starlette:
     """``nango_transport`` replaces the network under the Nango client (tests pass a fake Nango)."""
     return Starlette(
-        routes=ROUTES,
+        routes=[*ROUTES, *console_routes(settings)],
         middleware=[Middleware(RequestContextMiddleware), Middleware(RawPathRouting)],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan_for(settings, nango_transport=nango_transport),

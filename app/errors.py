@@ -84,11 +84,20 @@ INVALID_SIGNATURE = _code(
     "a webhook without a valid signature, or signed for another environment",
 )
 FORBIDDEN = _code("forbidden", 403, "a read-only API key asked for a change")
+CSRF_MISSING = _code("csrf_missing", 403, "a console form without its CSRF token (reload the page)")
+CSRF_INVALID = _code(
+    "csrf_invalid", 403, "a console form whose CSRF token is tampered with, expired or another's"
+)
+CONSOLE_READ_ONLY = _code(
+    "console_read_only", 403, "the console is read-only (`CONSOLE_READ_ONLY`)"
+)
 NOT_FOUND = _code(
     "not_found", 404, "no such route (or it is off: metrics disabled, legacy flow not configured)"
 )
 CONNECTION_NOT_FOUND = _code("connection_not_found", 404, "no such connection here")
 SUBSCRIPTION_NOT_FOUND = _code("subscription_not_found", 404, "no such subscription")
+DELIVERY_NOT_FOUND = _code("delivery_not_found", 404, "no such stored delivery")
+KEY_NOT_FOUND = _code("key_not_found", 404, "no stored API key of that name")
 UNKNOWN_AT_NANGO = _code(
     "unknown_at_nango", 404, "Nango no longer has the connection (reconcile to catch up)"
 )
@@ -101,6 +110,7 @@ AMBIGUOUS_CONNECTION_ID = _code(
 DELETED = _code("deleted", 409, "the connection is deleted: start a new Connect session")
 UNATTRIBUTED = _code("unattributed", 409, "the connection has no owner to re-authorize it for")
 RECONCILE_RUNNING = _code("reconcile_running", 409, "another reconciliation holds the lease")
+KEY_EXISTS = _code("key_exists", 409, "an API key of that name exists (names are never reused)")
 PAYLOAD_TOO_LARGE = _code("payload_too_large", 413, "the body is over the size limit")
 INTERNAL_ERROR = _code("internal_error", 500, "a bug: the service logs have the traceback")
 NANGO_REFUSED = _code(

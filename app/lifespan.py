@@ -103,6 +103,10 @@ def lifespan_for(
         schedule = _start_reconcile_schedule(state)
         if schedule is not None:
             state.background.append(schedule)
+        if settings.console_enabled:
+            from app.console.figures import start_figures  # only with the console on
+
+            state.background.append(start_figures(state))
         # Everything built so far (modules, settings, pools) lives as long as the process: kept
         # out of the garbage collector's generations, a full collection no longer walks it,
         # which took tens of milliseconds and made the latency tail (measured with make bench).

@@ -105,6 +105,12 @@ class Settings(BaseSettings):
     # Set by `nango-registry serve` when it had to make SECRET_KEY up: subscription secrets are
     # derived from it, so none can be created on a key that will not survive a restart.
     secret_key_generated: bool = False
+    # Operator console (/console/): on only when both are set
+    console_username: str | None = None
+    console_password: SecretStr | None = None
+    console_read_only: bool = False
+    console_csrf_max_age_seconds: int = Field(default=4 * 3600, ge=60, le=7 * 24 * 3600)
+    console_cache_seconds: float = Field(default=5.0, ge=0, le=3600)
 
     @field_validator("nango_webhook_signing_keys", "registry_api_keys", mode="before")
     @classmethod
@@ -151,6 +157,19 @@ class Settings(BaseSettings):
             if sep and (not environment.strip() or not key.strip()):
                 raise ValueError("each entry is KEY or ENVIRONMENT=KEY, with neither part empty")
         return value
+
+    @field_validator("console_username", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @property
+    def console_enabled(self) -> bool:
+        return bool(
+            self.console_username
+            and self.console_password is not None
+            and self.console_password.get_secret_value()
+        )
 
     @property
     def is_sqlite(self) -> bool:

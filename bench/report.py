@@ -57,6 +57,24 @@ def spread_note(comparison: dict[str, Any]) -> str:
     )
 
 
+def _console_verdict(results: dict[str, Any]) -> list[dict[str, Any]]:
+    console = results.get("console")
+    if not console:
+        return []
+    slowest = console["slowest_ms"]
+    failed = [name for name, page in console["pages"].items() if page.get("status") != 200]
+    return [
+        {
+            "check": "console: slowest page, max ms",
+            "value": slowest,
+            "target": f"< {console['target_ms']:g}",
+            "met": slowest < console["target_ms"] and not failed,
+            "required": False,
+            "note": f"pages not answering 200: {', '.join(failed)}" if failed else "",
+        }
+    ]
+
+
 def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per target; ``required`` rows say whether the comparison is sound at all."""
     comparisons: dict[str, Any] = results.get("comparisons", {})
@@ -95,6 +113,8 @@ def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
             check(
                 f"{comparison['label']}: service p99 (ms)", p99, f"< {TARGET_INGEST_P99_MS:g}", met
             )
+
+    checks += _console_verdict(results)
 
     scale = results.get("lookup_scale", {})
     sizes = sorted(int(size) for size in scale if size != "skipped")
@@ -136,6 +156,7 @@ def markdown(results: dict[str, Any]) -> str:
             "",
             *_footer(results),
             "",
+            *_console(results),
             *_targets(results),
         ]
     )
@@ -240,6 +261,28 @@ def _footer(results: dict[str, Any]) -> list[str]:
     if "seconds" in results:
         lines.append(f"Run time: {results['seconds'] // 60} min {results['seconds'] % 60} s.")
     return lines
+
+
+def _console(results: dict[str, Any]) -> list[str]:
+    """The console's pages on a million connections and deliveries, one request at a time."""
+    console = results.get("console")
+    if not console:
+        return []
+    lines = [
+        f"Console pages, {console['connections']:,} connections and {console['deliveries']:,}"
+        f" deliveries, {console['requests_per_page']} requests each, one at a time:",
+        "",
+        "| Page | p50 ms | p95 ms | max ms |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for name, page in console["pages"].items():
+        if "p50_ms" in page:
+            lines.append(f"| {name} | {page['p50_ms']} | {page['p95_ms']} | {page['max_ms']} |")
+        elif "ms" in page:
+            lines.append(f"| {name} | {page['ms']} | | |")
+        else:
+            lines.append(f"| {name} | HTTP {page['status']} | | |")
+    return [*lines, ""]
 
 
 def _targets(results: dict[str, Any]) -> list[str]:

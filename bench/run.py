@@ -41,6 +41,7 @@ from typing import Any
 
 import psycopg
 
+from bench.console import console
 from bench.report import markdown, ratio, round_ratios, verdicts
 from bench.seed import seed_connections, seed_sqlite_connections, users_for
 
@@ -56,7 +57,18 @@ DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 SETTLE_SECONDS = 0.5
 
 # Phases that --skip and --only name; "reference" (for --skip) leaves out the reference runs.
-PHASES = ("http", "db", "ingest", "lookup", "getbyid", "summary", "scale", "sqlite", "reconcile")
+PHASES = (
+    "http",
+    "db",
+    "ingest",
+    "lookup",
+    "getbyid",
+    "summary",
+    "scale",
+    "sqlite",
+    "reconcile",
+    "console",
+)
 # The lookup routes measured on the service and on the reference: label, request line.
 ROUTES = {
     "lookup": ("list by end user", "GET /v1/connections?end_user_id=user-{i}&limit=50"),
@@ -88,6 +100,8 @@ class Options:
     log_level: str
     pool_size: int | None
     profile: bool
+    console_size: int = 1_000_000
+    console_requests: int = 20
     phases: set[str] = field(default_factory=lambda: set(PHASES))
     reference: bool = True
 
@@ -1060,6 +1074,15 @@ def parse_options(argv: list[str] | None) -> Options:
         default="10000",
         help="connections listed by the fake Nango; add 100000",
     )
+    parser.add_argument(
+        "--console-size",
+        type=int,
+        default=1_000_000,
+        help="connections and deliveries seeded (generate_series) for the console's pages",
+    )
+    parser.add_argument(
+        "--console-requests", type=int, default=20, help="requests per console page, one at a time"
+    )
     parser.add_argument("--admin-url", default=os.environ.get("BENCH_DATABASE_URL"))
     parser.add_argument("--log-level", default="info", help="the service's LOG_LEVEL")
     parser.add_argument("--pool-size", type=int, help="DATABASE_POOL_SIZE for the service")
@@ -1102,6 +1125,8 @@ def parse_options(argv: list[str] | None) -> Options:
         log_level=args.log_level,
         pool_size=args.pool_size,
         profile=args.profile,
+        console_size=args.console_size,
+        console_requests=args.console_requests,
         phases=only - skip,
         reference="reference" not in skip,
     )
@@ -1155,6 +1180,8 @@ def run(options: Options, harness: Harness) -> dict[str, Any]:
         comparisons.update(sqlite_phase(options, harness, slices, keys))
     if options.runs("reconcile"):
         results["reconcile"] = reconcile(options, harness)
+    if options.runs("console"):
+        results["console"] = console(options, harness)
     for comparison in comparisons.values():
         comparison["ratio"] = ratio(comparison.get("service"), comparison.get("reference"))
         comparison["round_ratios"] = round_ratios(comparison)

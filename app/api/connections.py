@@ -57,7 +57,7 @@ from app.logs import get_logger
 from app.metrics import LOOKUPS
 from app.nango.client import NangoRejected
 from app.responses import JSONResponse
-from app.state import app_state
+from app.state import AppState, app_state
 
 log = get_logger(__name__)
 
@@ -164,17 +164,7 @@ class ConnectionItem(HTTPEndpoint):
         await require_api_key(request, write=True)
         selector = parse_query(WriteSelector, request.query_params)
         connection = await _addressed_here(request, selector.integration_id)
-        with nango_errors():
-            try:
-                await app_state(request).nango.delete_connection(
-                    connection.connection_id, connection.integration_id
-                )
-            except NangoRejected as error:
-                if error.code != "unknown_connection":
-                    raise
-                # Nango no longer has it: deleted already, the outcome the caller asked for.
-        deleted = await _mark_deleted(request, connection)
-        log.info("connection_deleted", integration_id=deleted.integration_id)
+        deleted = await delete_connection(app_state(request), connection)
         return JSONResponse({"data": connection_json(deleted)})
 
 
@@ -189,8 +179,22 @@ async def _addressed_here(request: Request, integration_id: str | None) -> Conne
         )
 
 
-async def _mark_deleted(request: Request, connection: Connection) -> Connection:
-    async with app_state(request).database.transaction() as tx:
+async def delete_connection(state: AppState, connection: Connection) -> Connection:
+    """Delete at Nango, then mark deleted here (the API's DELETE and the console's action)."""
+    with nango_errors():
+        try:
+            await state.nango.delete_connection(connection.connection_id, connection.integration_id)
+        except NangoRejected as error:
+            if error.code != "unknown_connection":
+                raise
+            # Nango no longer has it: deleted already, the outcome the caller asked for.
+    deleted = await _mark_deleted(state, connection)
+    log.info("connection_deleted", integration_id=deleted.integration_id)
+    return deleted
+
+
+async def _mark_deleted(state: AppState, connection: Connection) -> Connection:
+    async with state.database.transaction() as tx:
         locked, created = await store.lock_connection(
             tx,
             store.new_connection_values(
@@ -276,11 +280,12 @@ class ReconnectSession(HTTPEndpoint):
         connection = await _addressed_here(
             request, payload.integration_id or selector.integration_id
         )
-        session = await _reconnect(request, connection)
+        session = await reconnect_session(app_state(request), connection)
         return JSONResponse(session, status_code=201)
 
 
-async def _reconnect(request: Request, connection: Connection) -> dict[str, Any]:
+async def reconnect_session(state: AppState, connection: Connection) -> dict[str, Any]:
+    """A reconnect session at Nango for a stored connection (the API's and the console's)."""
     if connection.status == ConnectionStatus.DELETED:
         raise Conflict("the connection is deleted: start a new Connect session", code=DELETED)
     tags = reconnect_tags(connection)
@@ -298,7 +303,7 @@ async def _reconnect(request: Request, connection: Connection) -> dict[str, Any]
     }
     with nango_errors():
         try:
-            return await app_state(request).nango.create_reconnect_session(body)
+            return await state.nango.create_reconnect_session(body)
         except NangoRejected as error:
             if error.code != "unknown_connection":
                 raise

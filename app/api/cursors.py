@@ -23,9 +23,13 @@ from app.settings import Settings
 _PROCESS_KEY = secrets.token_urlsafe(32)
 
 
+def signing_key(settings: Settings) -> str:
+    """``SECRET_KEY``, or this process's own key; each use signs with its own salt."""
+    return settings.secret_key.get_secret_value() if settings.secret_key else _PROCESS_KEY
+
+
 def _serializer(settings: Settings, route: str) -> URLSafeSerializer:
-    key = settings.secret_key.get_secret_value() if settings.secret_key else _PROCESS_KEY
-    return URLSafeSerializer(key, salt=f"nango-registry.cursor.{route}")
+    return URLSafeSerializer(signing_key(settings), salt=f"nango-registry.cursor.{route}")
 
 
 def fingerprint(scope: Any) -> str:

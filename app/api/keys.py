@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -58,6 +59,16 @@ RECORD_USE = sql(
     "UPDATE api_keys SET last_used_at = :now WHERE key_hash = :key_hash"
     " AND (last_used_at IS NULL OR last_used_at < :now)"
 )
+
+
+# Names appear in every access-log line, so they are kept to plain tokens; "env:" names the
+# keys from REGISTRY_API_KEYS.
+_KEY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")
+KEY_NAME_RULE = "letters, digits and ._- only, starting with a letter or digit"
+
+
+def valid_key_name(name: str) -> bool:
+    return _KEY_NAME.match(name) is not None
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,21 +8,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import sys
 from datetime import datetime
 from typing import Any
 
-from app.api.keys import StoredKey, create_api_key, list_api_keys, revoke_api_key
+from app.api.keys import (
+    KEY_NAME_RULE,
+    StoredKey,
+    create_api_key,
+    list_api_keys,
+    revoke_api_key,
+    valid_key_name,
+)
 from app.db.database import connected
 from app.logs import configure_logging, get_logger
 from app.settings import Settings, load_settings
 
 log = get_logger(__name__)
-
-# Names appear in every access-log line, so they are kept to plain tokens; "env:" names the
-# keys from REGISTRY_API_KEYS.
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")
 
 
 def register(commands: Any) -> None:
@@ -56,8 +58,8 @@ def _fail(message: str) -> int:
 
 
 def run_create(args: argparse.Namespace) -> int:
-    if not _NAME.match(args.name):
-        return _fail("--name: letters, digits and ._- only, starting with a letter or digit")
+    if not valid_key_name(args.name):
+        return _fail(f"--name: {KEY_NAME_RULE}")
     key = asyncio.run(_create(_settings(), name=args.name, read_only=args.read_only))
     if key is None:
         return _fail(f"a key named {args.name!r} exists (names are never reused); pick another")

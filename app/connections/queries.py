@@ -138,6 +138,31 @@ def _by_connection_id(integration: bool, environment: bool) -> Statement:
     )
 
 
+async def find_by_connection_id(
+    tx: Transaction,
+    *,
+    connection_id: str,
+    integration_id: str | None = None,
+    environment: str | None = None,
+) -> list[Connection]:
+    """Every connection (up to ``MAX_CANDIDATES + 1``) a connection ID names, newest first."""
+    statement = _by_connection_id(integration_id is not None, environment is not None)
+    params = {
+        "connection_id": connection_id,
+        "integration_id": integration_id,
+        "environment": environment,
+    }
+    return [Connection(*row) for row in await tx.fetchall(statement, params)]
+
+
+BY_PK = sql(f"SELECT {COLUMNS} FROM connections WHERE id = :id")  # noqa: S608
+
+
+async def connection_by_pk(tx: Transaction, *, pk: int) -> Connection | None:
+    row = await tx.fetchone(BY_PK, {"id": pk})
+    return None if row is None else Connection(*row)
+
+
 async def load_connection(
     tx: Transaction,
     *,
@@ -151,13 +176,9 @@ async def load_connection(
     are unique only per integration (and environment): such an ID can name several connections,
     which is a 409 listing them until ``integration_id`` / ``environment`` pick one.
     """
-    statement = _by_connection_id(integration_id is not None, environment is not None)
-    params = {
-        "connection_id": connection_id,
-        "integration_id": integration_id,
-        "environment": environment,
-    }
-    candidates = [Connection(*row) for row in await tx.fetchall(statement, params)]
+    candidates = await find_by_connection_id(
+        tx, connection_id=connection_id, integration_id=integration_id, environment=environment
+    )
     if not candidates:
         raise NotFound(f"no connection {connection_id!r}", code=CONNECTION_NOT_FOUND)
     if len(candidates) > 1:

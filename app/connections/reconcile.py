@@ -96,6 +96,33 @@ LIVE_BEFORE = sql(
 )
 
 
+RECENT_RUNS = sql(
+    "SELECT id, trigger, started_at, finished_at, status, counts, error FROM reconcile_runs"
+    " WHERE id < :before ORDER BY id DESC LIMIT :limit"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcileRun:
+    """One row of ``reconcile_runs``: a run, running or finished."""
+
+    id: int
+    trigger: str
+    started_at: datetime
+    finished_at: datetime | None
+    status: str
+    counts: dict[str, int]
+    error: str | None
+
+
+async def recent_runs(
+    tx: Transaction, *, limit: int, before_id: int | None = None
+) -> list[ReconcileRun]:
+    """Runs, newest first (keyset on the id: ``before_id`` continues a listing)."""
+    params = {"before": before_id or 2**62, "limit": limit}
+    return [ReconcileRun(*row) for row in await tx.fetchall(RECENT_RUNS, params)]
+
+
 class ReconcileBusy(Exception):
     """Another process holds the reconcile lease."""
 

@@ -58,6 +58,7 @@ class ConnectionTable(SQLModel, table=True):
         Index("ix_connections_organization_id_id", "organization_id", "id"),
         Index("ix_connections_integration_id_id", "integration_id", "id"),
         Index("ix_connections_connection_id", "connection_id"),
+        Index("ix_connections_status_id", "status", "id"),
     )
 
     id: int | None = _id_column()
