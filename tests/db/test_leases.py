@@ -13,6 +13,7 @@ from pydantic import SecretStr
 from sqlalchemy import Engine, select
 from sqlmodel import SQLModel
 
+import app.db.tables  # noqa: F401  (registers the tables on the metadata)
 from app.connections.reconcile import run_schedule
 from app.db.database import Database
 from app.db.leases import acquire_lease, release_lease
