@@ -77,6 +77,9 @@ INVALID_BODY = _code(
     400,
     "the body's fields are invalid (`details.errors`), or a signed webhook is not UTF-8 JSON",
 )
+TOO_MANY_TAGS = _code(
+    "too_many_tags", 400, "a change would leave a connection more tags than Nango takes (10)"
+)
 UNAUTHORIZED = _code("unauthorized", 401, "no API key, or a wrong or revoked one")
 INVALID_SIGNATURE = _code(
     "invalid_signature",

@@ -18,6 +18,7 @@ import httpx2
 from starlette.applications import Starlette
 
 from app.api.keys import ApiKeyCache, configured_key_hashes
+from app.connections.detail_fetches import DetailFetches
 from app.connections.reconcile import run_schedule
 from app.db.database import create_database, postgres_conninfo
 from app.logs import get_logger
@@ -41,6 +42,7 @@ def _start_reconcile_schedule(state: AppState) -> asyncio.Task[None] | None:
             nango=state.nango,
             environment=state.settings.nango_environment,
             interval_seconds=interval,
+            details_per_run=state.settings.reconcile_details_per_run,
         ),
         name="reconcile-schedule",
     )
@@ -100,6 +102,12 @@ def lifespan_for(
             api_keys=ApiKeyCache(database, configured_key_hashes(settings)),
             nango=NangoClient.from_settings(settings, http),
         )
+        state.details = DetailFetches(
+            database=database,
+            nango=state.nango,
+            attempts=settings.connection_details_attempts,
+            retry_seconds=settings.connection_details_retry_seconds,
+        )
         schedule = _start_reconcile_schedule(state)
         if schedule is not None:
             state.background.append(schedule)
@@ -116,6 +124,7 @@ def lifespan_for(
             async with _dispatching(state):
                 yield
         finally:
+            await state.details.close()
             for task in state.background:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

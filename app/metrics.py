@@ -34,6 +34,12 @@ RECONCILE_RUNS = Counter(
     "Reconciliation runs by trigger and result",
     ["trigger", "status"],
 )
+DETAIL_FETCHES = Counter(
+    "nango_registry_connection_detail_fetches",
+    "Background fetches of a connection's configuration and metadata after a webhook, by"
+    " outcome (fetched, unknown, failed, dropped)",
+    ["outcome"],
+)
 FEED_EVENTS_APPENDED = Counter(
     "nango_registry_feed_events_appended",
     "Change-feed events appended, by type (counted when written, before their commit)",

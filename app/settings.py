@@ -72,6 +72,8 @@ class Settings(BaseSettings):
 
     # Webhook receiver
     nango_webhook_signing_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    # X-Nango-Signature alone: what self-hosted Nango before 0.69.15 sends (docs/nango.md,
+    # Correction 6); 0.69.15 and later also send X-Nango-Hmac-Sha256.
     nango_accept_legacy_signature: bool = False
     webhook_max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024)
     webhook_dedupe_window_seconds: int = Field(default=300, ge=0, le=7 * 24 * 3600)
@@ -91,6 +93,12 @@ class Settings(BaseSettings):
     nango_max_retries: int = Field(default=2, ge=0, le=10)
     nango_legacy_hmac_key: SecretStr | None = None
     reconcile_interval_seconds: int | None = Field(default=None, ge=10)
+    # Connection details (configuration and metadata) fetched from Nango: after a creation or
+    # override webhook, in the background, this many tries with doubling waits; then by reconcile,
+    # at most this many connections per run (each is one call to Nango's rate-limited API).
+    connection_details_attempts: int = Field(default=3, ge=1, le=10)
+    connection_details_retry_seconds: float = Field(default=10.0, ge=0, le=300)
+    reconcile_details_per_run: int = Field(default=200, ge=0, le=100_000)
 
     # Subscriptions (push). Svix's schedule: a first try at once, then retries after these delays.
     subscription_retry_schedule: Annotated[list[float], NoDecode] = Field(

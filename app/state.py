@@ -13,6 +13,7 @@ from app.settings import Settings
 
 if TYPE_CHECKING:
     from app.api.keys import ApiKeyCache
+    from app.connections.detail_fetches import DetailFetches
     from app.console.figures import FigureCache
     from app.nango.client import NangoClient
     from app.subscriptions.dispatcher import Dispatcher
@@ -28,6 +29,8 @@ class AppState:
     dispatcher: Dispatcher | None = None
     # Tasks started at start-up and cancelled at shutdown.
     background: list[asyncio.Task[None]] = field(default_factory=list)
+    # Configuration and metadata fetched after webhooks (closed at shutdown); None: not fetched.
+    details: DetailFetches | None = None
     # The console's overview figures, made on its first view (app.console.figures).
     console_figures: FigureCache | None = None
 

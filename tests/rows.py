@@ -44,6 +44,8 @@ def add_connection(engine: Engine, **fields: Any) -> int:
         "updated_at": BASE_TIME + timedelta(minutes=n),
     }
     values.update(fields)
+    if "metadata" in values:  # the table's attribute (SQLAlchemy keeps "metadata" for itself)
+        values["nango_metadata"] = values.pop("metadata")
     tags: dict[str, str] = dict(values.pop("tags", None) or {})
     for key in _OWNER_TAGS:
         if values.get(key) is not None:

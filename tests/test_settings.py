@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -102,3 +103,11 @@ def test_subscription_retry_schedule_is_comma_separated_seconds() -> None:
     for bad in ("-1", "5,x", ",".join(["1"] * 21), "999999999"):
         with pytest.raises(ValidationError):
             Settings(_env_file=None, subscription_retry_schedule=bad)
+
+
+def test_readme_names_the_release_that_brought_the_hmac_header() -> None:
+    """X-Nango-Hmac-Sha256 shipped in 0.69.15, not 0.69.14 (docs/nango.md, Correction 6)."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if "`NANGO_ACCEPT_LEGACY_SIGNATURE` |" in line)
+    assert "0.69.15" in row
+    assert "0.69.14" not in readme

@@ -1,7 +1,9 @@
 """``/v1/connections`` and everything under ``/v1/connections/{connection_id}``.
 
 Reads (listing, one connection, its history) take any API key; changes (delete, a reconnect
-session) a full-access one. Every route authenticates first, so a bad key is a 401 before any
+session, a refresh from Nango, metadata, owner and tags) a full-access one. Changes act through
+Nango first, with the secret key of ``NANGO_ENVIRONMENT``, then here
+(``app.connections.details``). Every route authenticates first, so a bad key is a 401 before any
 400. Lookups are counted in ``nango_registry_lookups{route}``.
 
 A connection ID containing ``/`` (a legacy ID) is sent as ``%2F`` in the path; a raw ``/``
@@ -10,6 +12,8 @@ always separates segments (``app.middleware.RawPathRouting``).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from starlette.endpoints import HTTPEndpoint
@@ -24,9 +28,11 @@ from app.api.shapes import (
     ConnectionAnswer,
     ConnectionListQuery,
     ConnectionPage,
+    ConnectionUpdateRequest,
     ConnectSession,
     HistoryPage,
     HistoryQuery,
+    MetadataRequest,
     ReconnectRequest,
     Selector,
     WriteSelector,
@@ -34,7 +40,7 @@ from app.api.shapes import (
     history_json,
 )
 from app.api.upstream import nango_errors
-from app.connections import queries, store
+from app.connections import details, queries, store
 from app.connections.model import (
     ATTRIBUTION_FIELDS,
     MAX_TAGS,
@@ -47,6 +53,7 @@ from app.db.database import Transaction
 from app.errors import (
     CONNECTION_NOT_FOUND,
     DELETED,
+    TOO_MANY_TAGS,
     UNATTRIBUTED,
     UNKNOWN_AT_NANGO,
     BadRequest,
@@ -167,10 +174,34 @@ class ConnectionItem(HTTPEndpoint):
         deleted = await delete_connection(app_state(request), connection)
         return JSONResponse({"data": connection_json(deleted)})
 
+    @operation(
+        id="updateConnection",
+        summary="Set the owner and tags, at Nango (the whole merged tag set) and here",
+        answers={200: ConnectionAnswer},
+        errors=(400, 403, 404, 409, 502, 503),
+        query=WriteSelector,
+        body=ConnectionUpdateRequest,
+    )
+    async def patch(self, request: Request) -> JSONResponse:
+        await require_api_key(request, write=True)
+        selector = parse_query(WriteSelector, request.query_params)
+        payload = await parse_body(ConnectionUpdateRequest, request)
+        connection = live(await _addressed_here(request, selector.integration_id))
+        state = app_state(request)
+        update = details.ConnectionUpdate(owner=payload.owner(), tags=payload.tags)
+        with details_errors():
+            updated = await details.update_connection(
+                database=state.database, nango=state.nango, connection=connection, update=update
+            )
+        return JSONResponse({"data": connection_json(updated)})
+
 
 async def _addressed_here(request: Request, integration_id: str | None) -> Connection:
     """The connection an action names, in the environment ``NANGO_SECRET_KEY`` belongs to."""
     state = app_state(request)
+    if integration_id is not None and "\x00" in integration_id:
+        # A body's integration_id is checked as text only; Postgres text cannot hold NUL.
+        raise NotFound(f"no integration {integration_id!r}", code=CONNECTION_NOT_FOUND)
     async with state.database.reader() as tx:
         return await _addressed(
             tx,
@@ -315,9 +346,93 @@ async def reconnect_session(state: AppState, connection: Connection) -> dict[str
             ) from None
 
 
+def live(connection: Connection) -> Connection:
+    if connection.status == ConnectionStatus.DELETED:
+        raise Conflict("the connection is deleted: start a new Connect session", code=DELETED)
+    return connection
+
+
+@contextmanager
+def details_errors() -> Iterator[None]:
+    """The service's refusals (app.connections.details) and Nango's, as this API's errors."""
+    with nango_errors():
+        try:
+            yield
+        except details.UnknownAtNango:
+            raise NotFound(
+                "Nango no longer has this connection; `reconcile` marks it deleted",
+                code=UNKNOWN_AT_NANGO,
+            ) from None
+        except details.TagsRefused as error:
+            raise BadRequest(str(error), code=TOO_MANY_TAGS) from None
+
+
+class ConnectionRefresh(HTTPEndpoint):
+    @operation(
+        id="refreshConnection",
+        summary="Re-read status, owner and tags, configuration and metadata from Nango",
+        answers={200: ConnectionAnswer},
+        errors=(400, 403, 404, 409, 502, 503),
+        query=WriteSelector,
+    )
+    async def post(self, request: Request) -> JSONResponse:
+        await require_api_key(request, write=True)
+        selector = parse_query(WriteSelector, request.query_params)
+        connection = await _addressed_here(request, selector.integration_id)
+        state = app_state(request)
+        with details_errors():
+            refreshed = await details.refresh_connection(
+                database=state.database, nango=state.nango, connection=connection
+            )
+        return JSONResponse({"data": connection_json(refreshed)})
+
+
+class ConnectionMetadata(HTTPEndpoint):
+    @operation(
+        id="mergeConnectionMetadata",
+        summary="Merge top-level keys into the metadata, at Nango and here",
+        answers={200: ConnectionAnswer},
+        errors=(400, 403, 404, 409, 502, 503),
+        query=WriteSelector,
+        body=MetadataRequest,
+    )
+    async def patch(self, request: Request) -> JSONResponse:
+        return await _write_metadata(request, "merge")
+
+    @operation(
+        id="replaceConnectionMetadata",
+        summary="Replace the metadata, at Nango and here",
+        answers={200: ConnectionAnswer},
+        errors=(400, 403, 404, 409, 502, 503),
+        query=WriteSelector,
+        body=MetadataRequest,
+    )
+    async def put(self, request: Request) -> JSONResponse:
+        return await _write_metadata(request, "replace")
+
+
+async def _write_metadata(request: Request, mode: details.MetadataMode) -> JSONResponse:
+    await require_api_key(request, write=True)
+    selector = parse_query(WriteSelector, request.query_params)
+    payload = await parse_body(MetadataRequest, request)
+    connection = live(await _addressed_here(request, selector.integration_id))
+    state = app_state(request)
+    with details_errors():
+        written = await details.write_metadata(
+            database=state.database,
+            nango=state.nango,
+            connection=connection,
+            metadata=payload.metadata,
+            mode=mode,
+        )
+    return JSONResponse({"data": connection_json(written)})
+
+
 routes = [
     Route("/v1/connections", Connections),
     Route("/v1/connections/{connection_id:segment}", ConnectionItem),
+    Route("/v1/connections/{connection_id:segment}/refresh", ConnectionRefresh),
+    Route("/v1/connections/{connection_id:segment}/metadata", ConnectionMetadata),
     Route("/v1/connections/{connection_id:segment}/events", ConnectionHistory),
     Route("/v1/connections/{connection_id:segment}/reconnect-session", ReconnectSession),
 ]

@@ -42,6 +42,7 @@ async def reconcile_now(state: AppState, *, trigger: str) -> ReconcileCounts:
                 nango=state.nango,
                 environment=state.settings.nango_environment,
                 trigger=trigger,
+                details_per_run=state.settings.reconcile_details_per_run,
             )
         except ReconcileBusy as error:
             raise Conflict(str(error), code=RECONCILE_RUNNING) from None

@@ -11,7 +11,7 @@ that every answer validates against its model's schema.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -120,6 +120,14 @@ class ConnectionPublic(Answer):
     created_at: datetime
     updated_at: datetime
     deleted_at: datetime | None
+    connection_config: dict[str, Any] | None = Field(
+        description="Nango's per-connection configuration (e.g. subdomain, instance_url), keys"
+        " naming a secret, token, password, private key or credential left out; null until"
+        " fetched from Nango"
+    )
+    metadata: dict[str, Any] | None = Field(
+        description="the connection's metadata at Nango; null until fetched from Nango"
+    )
 
 
 class ConnectionPage(Answer):
@@ -285,6 +293,35 @@ class NoQuery(Query):
 # Bodies -------------------------------------------------------------------------------------
 
 
+T = TypeVar("T", str, str | None)
+
+
+def checked_tags(value: dict[str, T]) -> dict[str, T]:
+    """Tags as Nango takes them (keys lowercased); a value of None removes a tag."""
+    tags: dict[str, T] = {}
+    for key, tag in value.items():
+        problem = check_tag_key(key)
+        if problem:
+            raise ValueError(f"tag key {key!r} {problem}")
+        if tag is not None and not 1 <= len(tag) <= MAX_TAG_VALUE:
+            raise ValueError(f"tag {key!r} must be 1 to {MAX_TAG_VALUE} characters")
+        # Nango reports tag keys in lowercase; two keys differing in case would collide.
+        lowered = key.lower()
+        if lowered in tags:
+            raise ValueError(f"tag key {key!r} repeats another key that differs only in case")
+        if lowered in ATTRIBUTION_FIELDS:
+            raise ValueError(f"set {lowered} as a field of its own, not as a tag")
+        tags[lowered] = tag
+    return tags
+
+
+def checked_email(value: str | None) -> str | None:
+    # Nango's own check: refused here with a 400 rather than by Nango with a 502.
+    if value is not None and not is_email(value):
+        raise ValueError("not an email address Nango accepts")
+    return value
+
+
 class ConnectSessionRequest(Body):
     end_user_id: Text
     end_user_email: Text | None = None
@@ -297,10 +334,7 @@ class ConnectSessionRequest(Body):
     @field_validator("end_user_email")
     @classmethod
     def _email(cls, value: str | None) -> str | None:
-        # Nango's own check: refused here with a 400 rather than by Nango with a 502.
-        if value is not None and not is_email(value):
-            raise ValueError("not an email address Nango accepts")
-        return value
+        return checked_email(value)
 
     @field_validator("allowed_integrations")
     @classmethod
@@ -315,21 +349,7 @@ class ConnectSessionRequest(Body):
     @field_validator("tags")
     @classmethod
     def _tags(cls, value: dict[str, str]) -> dict[str, str]:
-        tags: dict[str, str] = {}
-        for key, tag in value.items():
-            problem = check_tag_key(key)
-            if problem:
-                raise ValueError(f"tag key {key!r} {problem}")
-            if not 1 <= len(tag) <= MAX_TAG_VALUE:
-                raise ValueError(f"tag {key!r} must be 1 to {MAX_TAG_VALUE} characters")
-            # Nango reports tag keys in lowercase; two keys differing in case would collide.
-            lowered = key.lower()
-            if lowered in tags:
-                raise ValueError(f"tag key {key!r} repeats another key that differs only in case")
-            if lowered in ATTRIBUTION_FIELDS:
-                raise ValueError(f"set {lowered} as a field of its own, not as a tag")
-            tags[lowered] = tag
-        return tags
+        return checked_tags(value)
 
     @model_validator(mode="after")
     def _tag_count(self) -> ConnectSessionRequest:
@@ -342,6 +362,46 @@ class ConnectSessionRequest(Body):
     def nango_tags(self) -> dict[str, str]:
         built = {name: getattr(self, name) for name in ATTRIBUTION_FIELDS}
         return {**{k: v for k, v in built.items() if v is not None}, **self.tags}
+
+
+class ConnectionUpdateRequest(Body):
+    """``PATCH /v1/connections/{id}``: owner fields to set, tags to set (or remove with null)."""
+
+    end_user_id: Text | None = None
+    end_user_email: Text | None = None
+    end_user_display_name: Text | None = None
+    organization_id: Text | None = None
+    organization_display_name: Text | None = None
+    tags: dict[str, str | None] = Field(
+        default_factory=dict, description="a value sets a tag, null removes it; others are kept"
+    )
+
+    @field_validator("end_user_email")
+    @classmethod
+    def _email(cls, value: str | None) -> str | None:
+        return checked_email(value)
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, value: dict[str, str | None]) -> dict[str, str | None]:
+        return checked_tags(value)
+
+    @model_validator(mode="after")
+    def _something(self) -> ConnectionUpdateRequest:
+        if not self.owner() and not self.tags:
+            raise ValueError("name at least one owner field or tag to change")
+        return self
+
+    def owner(self) -> dict[str, str]:
+        return {
+            name: value for name in ATTRIBUTION_FIELDS if (value := getattr(self, name)) is not None
+        }
+
+
+class MetadataRequest(Body):
+    metadata: dict[str, Any] = Field(
+        description="JSON object; PATCH merges its top-level keys, PUT replaces the whole"
+    )
 
 
 class ReconnectRequest(Body):
@@ -367,6 +427,9 @@ class ReconcileCountsPublic(Answer):
     updated: int = Field(ge=0)
     deleted: int = Field(ge=0)
     unattributed: int = Field(ge=0)
+    details: int = Field(
+        ge=0, description="metadata taken from the listing, and configurations fetched from Nango"
+    )
 
 
 class ReconcileAnswer(Answer):

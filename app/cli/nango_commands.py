@@ -60,6 +60,7 @@ async def reconcile_command(
                 nango=nango,
                 environment=settings.nango_environment,
                 trigger="cli",
+                details_per_run=settings.reconcile_details_per_run,
             )
     except (NangoError, ReconcileBusy) as error:
         _print({"error": str(error)})

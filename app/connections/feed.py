@@ -59,7 +59,20 @@ class EventType(StrEnum):
 OWNER_ACTIONS = frozenset({"tags", "attribution", "owner", "update"})
 # History actions that change a connection's configuration or metadata (the API's writes and
 # refreshes from Nango).
-METADATA_ACTIONS = frozenset({"metadata", "config", "connection_config", "refresh_config"})
+METADATA_ACTIONS = frozenset(
+    {
+        "metadata",
+        "config",
+        "connection_config",
+        "refresh_config",
+        # app.connections.details and reconcile: fetched or written through Nango
+        "details",
+        "metadata_merge",
+        "metadata_replace",
+    }
+)
+# Fields a history row's ``detail.changed`` may name (a refresh from Nango) that are news.
+METADATA_FIELDS = frozenset({"connection_config", "metadata"})
 
 
 def _status_type(from_status: str | None, to_status: str | None) -> list[EventType]:
@@ -87,7 +100,8 @@ def event_types(row: Mapping[str, Any]) -> list[EventType]:
     created = row["from_status"] is None and bool(types)
     if not created and (row.get(OWNER_CHANGED) or action in OWNER_ACTIONS):
         types.append(EventType.ATTRIBUTED)
-    if action in METADATA_ACTIONS:
+    changed = row["detail"].get("changed") if isinstance(row.get("detail"), Mapping) else None
+    if action in METADATA_ACTIONS or METADATA_FIELDS.intersection(changed or ()):
         types.append(EventType.METADATA_UPDATED)
     return types
 

@@ -72,6 +72,10 @@ class Connection:
     created_at: datetime
     updated_at: datetime
     deleted_at: datetime | None
+    # Nango's per-connection configuration without secret-named keys, and its metadata: None
+    # until fetched from Nango (app.connections.details).
+    connection_config: dict[str, Any] | None
+    metadata: dict[str, Any] | None
 
     @property
     def attributed(self) -> bool:
@@ -165,3 +169,13 @@ class Attribution:
             organization_display_name=pick("organization_display_name"),
             tags=clean,
         )
+
+    @classmethod
+    def from_listing(cls, *, tags: object, end_user: object) -> Attribution:
+        """``from_nango`` for Nango's connections API, whose ``end_user`` nests
+        ``organization {id, display_name}`` (webhooks name ``organizationId`` flat)."""
+        if isinstance(end_user, Mapping):
+            organization = end_user.get("organization")
+            if isinstance(organization, Mapping) and "organization_id" not in end_user:
+                end_user = {**end_user, "organization_id": organization.get("id")}
+        return cls.from_nango(tags=tags, end_user=end_user)

@@ -52,4 +52,6 @@ def connection_json(connection: Connection) -> dict[str, Any]:
         "created_at": connection.created_at,
         "updated_at": connection.updated_at,
         "deleted_at": connection.deleted_at,
+        "connection_config": connection.connection_config,
+        "metadata": connection.metadata,
     }

@@ -19,6 +19,12 @@ past a page boundary: every deletion candidate is confirmed with the listing's e
 ``connectionId`` filter before it is marked deleted (never ``search``: Nango's ``ILIKE`` makes a
 short legacy ID match hundreds of newer ones, and the one sought can fall off the page).
 
+Connection details: the listing's ``metadata`` is taken (on the same terms as a status: not over
+a row changed since the listing started), and after the deletions the run fetches the
+configuration of live connections still lacking it (``GET /connections/{id}``, at most
+``details_per_run``), the backstop of the fetch after a webhook
+(``app.connections.detail_fetches``).
+
 Nango rate-limits its API (docs/nango.md, Correction 5). A run leaves a share of the limit to the
 service's other calls (it waits for the next window when the last answer said little is left),
 and its calls wait out 429s for up to ``CALL_PATIENCE_SECONDS``, so a large account finishes
@@ -40,7 +46,7 @@ from typing import Any
 
 import anyio
 
-from app.connections import store
+from app.connections import details, store
 from app.connections.model import (
     COLUMNS,
     LIVE_STATUSES,
@@ -54,7 +60,7 @@ from app.db.leases import acquire_lease, release_lease
 from app.db.types import utcnow
 from app.logs import get_logger
 from app.metrics import RECONCILE_RUNS
-from app.nango.client import NangoClient, NangoUnavailable
+from app.nango.client import NangoClient, NangoError, NangoUnavailable
 
 log = get_logger(__name__)
 
@@ -96,6 +102,16 @@ LIVE_BEFORE = sql(
 )
 
 
+LACKING_DETAILS = sql(
+    f"SELECT {COLUMNS} FROM connections"  # noqa: S608 (fixed column names)
+    " WHERE environment = :environment AND status IN ('active', 'auth_error')"
+    " AND connection_config IS NULL ORDER BY id DESC LIMIT :limit",
+    prepare=False,
+)
+# Absent from a listing entry (not the same as null).
+_ABSENT = object()
+
+
 RECENT_RUNS = sql(
     "SELECT id, trigger, started_at, finished_at, status, counts, error FROM reconcile_runs"
     " WHERE id < :before ORDER BY id DESC LIMIT :limit"
@@ -134,6 +150,8 @@ class ReconcileCounts:
     updated: int = 0
     deleted: int = 0
     unattributed: int = 0  # connections Nango has that nobody here owns (a state, not a change)
+    # metadata taken from the listing, and configurations fetched (GET /connections/{id})
+    details: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -148,6 +166,7 @@ class Listed:
     broken: bool  # an "auth" entry in its errors
     errors: list[dict[str, str]]
     attribution: Attribution
+    metadata: dict[str, Any] | None = None  # None: the listing did not say (older Nango)
 
     @property
     def status(self) -> str:
@@ -159,6 +178,13 @@ class Listed:
         if not self.broken:
             return None
         return (stored.error_type if stored is not None else None) or AUTH_ERROR
+
+    def newer_metadata(self, connection: Connection, started: datetime) -> bool:
+        """The listing's metadata is to be taken: it differs, and the row has none yet or was
+        not changed since the listing started (a write through this service may be newer)."""
+        if self.metadata is None or connection.metadata == self.metadata:
+            return False
+        return connection.metadata is None or connection.updated_at < started
 
     def agrees_on_status(self, connection: Connection) -> bool:
         if connection.status != self.status:
@@ -176,6 +202,7 @@ class _Run:
     nango: NangoClient
     environment: str
     holder: str
+    details_per_run: int = 0
     started: datetime = field(default_factory=utcnow)
     lease_renewed: datetime = field(default_factory=utcnow)
     counts: ReconcileCounts = field(default_factory=ReconcileCounts)
@@ -195,6 +222,7 @@ async def reconcile(
     page_size: int | None = None,
     holder: str | None = None,
     skip_if_succeeded_within: timedelta | None = None,
+    details_per_run: int = 0,
 ) -> ReconcileCounts | None:
     """Run one reconciliation under the lease; raise ReconcileBusy if another one is running.
 
@@ -206,6 +234,7 @@ async def reconcile(
         nango=nango.patient(CALL_PATIENCE_SECONDS),
         environment=environment,
         holder=holder or new_holder(),
+        details_per_run=details_per_run,
     )
     await _renew_lease(run)
     try:
@@ -221,6 +250,7 @@ async def reconcile(
             await _list_and_apply(run, page_size or PAGE_SIZE)
             run.counts.seen = len(run.seen)
             run.counts.deleted = await _delete_missing(run)
+            run.counts.details += await _fetch_missing_details(run)
         except BaseException as error:
             await _finish(database, run_id, status="failed", error=type(error).__name__)
             RECONCILE_RUNS.labels(trigger=trigger, status="failed").inc()
@@ -315,6 +345,7 @@ def read_listed(item: Mapping[str, Any]) -> Listed | None:
     connection_id = clean_text(item.get("connection_id"))
     if integration_id is None or connection_id is None:
         return None
+    metadata = item.get("metadata", _ABSENT)
     errors = item.get("errors")
     entries = [e for e in errors if isinstance(e, dict)] if isinstance(errors, list) else []
     return Listed(
@@ -325,20 +356,10 @@ def read_listed(item: Mapping[str, Any]) -> Listed | None:
             {k: str(v)[:255] for k, v in entry.items() if k in ("type", "log_id")}
             for entry in entries[:10]
         ],
-        attribution=Attribution.from_nango(
-            tags=item.get("tags"), end_user=_flat_end_user(item.get("end_user"))
-        ),
+        attribution=Attribution.from_listing(tags=item.get("tags"), end_user=item.get("end_user")),
+        # Nango answers null for a connection without metadata: known, and empty.
+        metadata=None if metadata is _ABSENT else dict(metadata or {}),
     )
-
-
-def _flat_end_user(end_user: object) -> object:
-    """The listing nests ``organization {id, display_name}`` in ``end_user``; webhooks do not."""
-    if not isinstance(end_user, Mapping):
-        return end_user
-    organization = end_user.get("organization")
-    if isinstance(organization, Mapping) and "organization_id" not in end_user:
-        return {**end_user, "organization_id": organization.get("id")}
-    return end_user
 
 
 @cache
@@ -401,6 +422,7 @@ def _new_values(run: _Run, listed: Listed, now: datetime) -> dict[str, Any]:
         status=listed.status,
         attribution=listed.attribution,
         error_type=listed.error_type(),
+        metadata=listed.metadata,
         now=now,
     )
 
@@ -427,8 +449,10 @@ def _history(
 
 def _already_agrees(connection: Connection, listed: Listed) -> bool:
     """True when applying ``listed`` would change nothing on ``connection``."""
-    return listed.agrees_on_status(connection) and not store.owner_changes(
-        connection, listed.attribution
+    return (
+        listed.agrees_on_status(connection)
+        and not store.owner_changes(connection, listed.attribution)
+        and (listed.metadata is None or connection.metadata == listed.metadata)
     )
 
 
@@ -448,6 +472,7 @@ async def _update(
     """Bring a stored connection in line with its listing; return the history it made."""
     history = []
     previous = connection.status
+    take_metadata = listed.newer_metadata(connection, run.started)
     if connection.status == ConnectionStatus.DELETED:
         # A tombstone newer than the listing may be a deletion the listing has not seen.
         if connection.deleted_at is None or connection.deleted_at < run.started:
@@ -462,10 +487,21 @@ async def _update(
     if await store.merge_attribution(tx, connection, listed.attribution):
         connection.updated_at = now
         history.append(store.history_row(connection, source=SOURCE, action="tags", now=now))
+    run.counts.updated += bool(history)  # a change of status or owner
+    if take_metadata:
+        connection.metadata = listed.metadata
+        connection.updated_at = now
+        history.append(_details_history(connection, now))
+        run.counts.details += 1
     if history:
         await store.save(tx, connection)
-        run.counts.updated += 1
     return history
+
+
+def _details_history(connection: Connection, now: datetime) -> dict[str, Any]:
+    return store.history_row(
+        connection, source=SOURCE, action="details", detail={"changed": ["metadata"]}, now=now
+    )
 
 
 async def _delete_missing(run: _Run) -> int:
@@ -516,12 +552,37 @@ async def _mark_deleted(tx: Transaction, run: _Run, pk: int) -> bool:
     return True
 
 
+async def _fetch_missing_details(run: _Run) -> int:
+    """Fetch the configuration of live connections still lacking it (the backstop of the fetch
+    after a webhook), newest first, at most ``details_per_run``, paced like the listing. A
+    failure ends this part, not the run: the next run continues."""
+    if run.details_per_run <= 0:
+        return 0
+    async with run.database.reader() as tx:
+        rows = await tx.fetchall(
+            LACKING_DETAILS, {"environment": run.environment, "limit": run.details_per_run}
+        )
+    fetched = 0
+    for row in rows:
+        await _before_calling_nango(run)
+        try:
+            found = await details.fetch_details(
+                database=run.database, nango=run.nango, connection=Connection(*row), source=SOURCE
+            )
+        except NangoError as error:
+            log.warning("reconcile_details_stopped", error_type=type(error).__name__)
+            break
+        fetched += found is not None
+    return fetched
+
+
 async def run_schedule(
     *,
     database: Database,
     nango: NangoClient,
     environment: str,
     interval_seconds: float,
+    details_per_run: int = 0,
 ) -> None:
     """Reconcile about every ``interval_seconds`` across all instances; runs until cancelled.
 
@@ -540,6 +601,7 @@ async def run_schedule(
                 trigger="schedule",
                 holder=holder,
                 skip_if_succeeded_within=timedelta(seconds=interval_seconds * 0.9),
+                details_per_run=details_per_run,
             )
         except ReconcileBusy:
             pass

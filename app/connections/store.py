@@ -44,6 +44,7 @@ NEW_COLUMNS = (
     "created_at",
     "updated_at",
     "deleted_at",
+    "metadata",
 )
 MUTABLE_COLUMNS = (
     "provider",
@@ -61,6 +62,8 @@ MUTABLE_COLUMNS = (
     "last_sync_error",
     "updated_at",
     "deleted_at",
+    "connection_config",
+    "metadata",
 )
 
 INSERT_CONNECTION = sql(
@@ -123,9 +126,11 @@ def new_connection_values(
     attribution: Attribution | None = None,
     error_type: str | None = None,
     error_description: str | None = None,
+    metadata: dict[str, Any] | None = None,
     now: datetime | None = None,
 ) -> dict[str, Any]:
-    """The values a connection is inserted with: its owner, tags and status from the start."""
+    """The values a connection is inserted with: its owner, tags and status from the start
+    (and its metadata when the source knows it: Nango's listing does)."""
     owner = attribution or Attribution()
     now = now or utcnow()
     broken = status == ConnectionStatus.AUTH_ERROR
@@ -149,6 +154,7 @@ def new_connection_values(
         "updated_at": now,
         # A deletion for a connection never seen leaves a tombstone.
         "deleted_at": now if status == ConnectionStatus.DELETED else None,
+        "metadata": metadata,
     }
 
 

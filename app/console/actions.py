@@ -3,10 +3,11 @@ uses, so a change made here is the same change, with the same history and errors
 
 from __future__ import annotations
 
+from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app.api.connections import delete_connection, reconnect_session
+from app.api.connections import delete_connection, details_errors, live, reconnect_session
 from app.api.keys import (
     KEY_NAME_RULE,
     create_api_key,
@@ -15,8 +16,9 @@ from app.api.keys import (
     valid_key_name,
 )
 from app.api.reconciliation import reconcile_now
-from app.connections import queries
-from app.connections.model import Connection
+from app.api.shapes import ConnectionUpdateRequest
+from app.connections import details, queries
+from app.connections.model import ATTRIBUTION_FIELDS, Connection
 from app.console.rendering import render
 from app.console.web import Form, action, see_other
 from app.errors import (
@@ -63,6 +65,52 @@ async def delete(request: Request, form: Form) -> Response:
     connection = await _connection(state, request.path_params["pk"])
     await delete_connection(state, connection)
     return see_other(request, "console:connection", pk=connection.id, notice="deleted")
+
+
+@action
+async def refresh(request: Request, form: Form) -> Response:
+    state = app_state(request)
+    connection = await _connection(state, request.path_params["pk"])
+    with details_errors():
+        await details.refresh_connection(
+            database=state.database, nango=state.nango, connection=connection, source="console"
+        )
+    return see_other(request, "console:connection", pk=connection.id, notice="refreshed")
+
+
+def _owner(form: Form) -> dict[str, str]:
+    """The owner fields of the form, checked as ``PATCH /v1/connections/{id}`` checks them."""
+    given = {name: form.get(name, "").strip() for name in ATTRIBUTION_FIELDS}
+    try:
+        checked = ConnectionUpdateRequest.model_validate(
+            {name: value for name, value in given.items() if value}
+        )
+    except ValidationError as error:
+        problem = error.errors(include_url=False, include_input=False)[0]
+        field = ".".join(str(part) for part in problem["loc"]) or "owner"
+        message = problem["msg"].removeprefix("Value error, ")
+        raise BadRequest(f"{field}: {message}", code=INVALID_BODY) from None
+    owner = checked.owner()
+    if not (owner.get("end_user_id") or owner.get("organization_id")):
+        raise BadRequest("an owner is an end user ID or an organization ID", code=INVALID_BODY)
+    return owner
+
+
+@action
+async def set_owner(request: Request, form: Form) -> Response:
+    state = app_state(request)
+    connection = live(await _connection(state, request.path_params["pk"]))
+    update = details.ConnectionUpdate(owner=_owner(form))
+    with details_errors():
+        await details.update_connection(
+            database=state.database,
+            nango=state.nango,
+            connection=connection,
+            update=update,
+            source="console",
+        )
+    log.info("console_owner_set", integration_id=connection.integration_id)
+    return see_other(request, "console:connection", pk=connection.id, notice="owner_set")
 
 
 @action

@@ -23,6 +23,8 @@ def console_mount(settings: Settings) -> Mount:
             "/connections/{pk:int}/reconnect", actions.reconnect, methods=["POST"], name="reconnect"
         ),
         Route("/connections/{pk:int}/delete", actions.delete, methods=["POST"], name="delete"),
+        Route("/connections/{pk:int}/refresh", actions.refresh, methods=["POST"], name="refresh"),
+        Route("/connections/{pk:int}/owner", actions.set_owner, methods=["POST"], name="set_owner"),
         Route("/end-users/{end_user_id:segment}", pages.end_user, name="end_user"),
         Route("/deliveries", deliveries.deliveries, name="deliveries"),
         Route("/deliveries/{delivery_id:int}", deliveries.delivery, name="delivery"),

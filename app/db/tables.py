@@ -24,7 +24,7 @@ from sqlalchemy import (
 )
 from sqlmodel import Field, SQLModel
 
-from app.db.types import JSONDocument, UTCDateTime, utcnow
+from app.db.types import JSONDocument, NullableJSONDocument, UTCDateTime, utcnow
 
 SQLModel.metadata.naming_convention = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -87,6 +87,14 @@ class ConnectionTable(SQLModel, table=True):
     created_at: datetime = _time()
     updated_at: datetime = _time()
     deleted_at: datetime | None = _time(nullable=True)
+    # From Nango's GET /connections/{id} (secret-named keys dropped) and the listing; NULL until
+    # fetched. "metadata" is SQLAlchemy's own attribute name, hence nango_metadata here.
+    connection_config: dict[str, Any] | None = Field(
+        default=None, sa_column=Column(NullableJSONDocument, nullable=True)
+    )
+    nango_metadata: dict[str, Any] | None = Field(
+        default=None, sa_column=Column("metadata", NullableJSONDocument, nullable=True)
+    )
 
 
 class ConnectionTagTable(SQLModel, table=True):
@@ -108,6 +116,7 @@ class DeliveryTable(SQLModel, table=True):
     """The inbox: every verified webhook delivery, stored before it is acknowledged."""
 
     __tablename__ = "deliveries"
+    __table_args__ = (Index("ix_deliveries_outcome_id", "outcome", "id"),)
 
     id: int | None = _id_column()
     # SHA-256 of the raw body; a repeat outside the dedupe window archives the older row's key

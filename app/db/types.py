@@ -35,3 +35,8 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 JSONDocument: Any = JSON().with_variant(JSONB(), "postgresql")
+# A JSON column that may be unknown: Python None is SQL NULL (not the JSON ``null`` SQLAlchemy
+# writes by default), so ``IS NULL`` finds what was never fetched.
+NullableJSONDocument: Any = JSON(none_as_null=True).with_variant(
+    JSONB(none_as_null=True), "postgresql"
+)

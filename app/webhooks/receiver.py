@@ -33,6 +33,7 @@ from app.responses import JSONResponse
 from app.settings import Settings
 from app.state import app_state
 from app.webhooks.inbox import IngestResult, ingest, kept_headers
+from app.webhooks.model import DeliveryOutcome
 from app.webhooks.payloads import (
     Envelope,
     InvalidBody,
@@ -86,6 +87,7 @@ async def receive_webhook(request: Request) -> JSONResponse:
     body = await read_limited(request, settings.webhook_max_body_bytes)
     payload, envelope = _verify(request, settings, body)
     result = await _store(request, settings, body, payload, envelope)
+    _fetch_details_later(request, envelope, result)
     WEBHOOK_DELIVERIES.labels(type=envelope.webhook_type, outcome=result.outcome).inc()
     # The request's access line says what came in and what became of it (app.middleware).
     log_fields(request.scope).update(
@@ -164,6 +166,29 @@ async def _store(
             code=STORAGE_UNAVAILABLE,
             headers={"Retry-After": RETRY_AFTER_SECONDS},
         ) from None
+
+
+def _fetch_details_later(request: Request, envelope: Envelope, result: IngestResult) -> None:
+    """After a committed creation or override, the connection's configuration and metadata are
+    fetched in the background (app.connections.detail_fetches), in the environment whose secret
+    key this service holds; reconcile fills in whatever this misses."""
+    state = app_state(request)
+    if (
+        state.details is None
+        or result.outcome != DeliveryOutcome.APPLIED
+        or envelope.webhook_type != "auth"
+        or envelope.operation not in ("creation", "override")
+        or envelope.success is not True
+        or envelope.environment != state.settings.nango_environment
+        or not envelope.integration_id
+        or not envelope.connection_id
+    ):
+        return
+    state.details.request(
+        environment=envelope.environment,
+        integration_id=envelope.integration_id,
+        connection_id=envelope.connection_id,
+    )
 
 
 routes = [

@@ -1,7 +1,7 @@
 """subscriptions: endpoints, the delivery outbox and attempts (issue 16, push)
 
 Revision ID: 0006
-Revises: 0004
+Revises: 0002
 
 """
 
@@ -16,7 +16,7 @@ import app.db.types
 
 # revision identifiers, used by Alembic.
 revision: str = "0006"
-down_revision: str | Sequence[str] | None = "0004"
+down_revision: str | Sequence[str] | None = "0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -362,6 +362,8 @@ def test_connection_object_fields(
         last_sync_at=since,
         created_at=datetime(2026, 1, 5, tzinfo=UTC),
         updated_at=since,
+        connection_config={"portalId": 42, "subdomain": "acme"},
+        metadata={"field_mapping": {"email": "Email__c"}},
     )
     body = client.get("/v1/connections/full", headers=auth_headers).json()
     assert body == {
@@ -395,6 +397,8 @@ def test_connection_object_fields(
             "created_at": "2026-01-05T00:00:00Z",
             "updated_at": "2026-03-01T12:30:00Z",
             "deleted_at": None,
+            "connection_config": {"portalId": 42, "subdomain": "acme"},
+            "metadata": {"field_mapping": {"email": "Email__c"}},
         }
     }
 

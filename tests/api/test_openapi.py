@@ -184,6 +184,7 @@ def test_answers_built_from_records_validate_against_their_models(sync_engine: E
         1, "prod", "slack", "c1", "slack", "OAUTH2", "u1", "u@x.io", "U", "o1", "O",
         {"team": "a"}, "auth_error", "refresh_token_external_error", "invalid_grant", now,
         "contacts", "Contact", False, now, "rate limited", now, now, None,
+        {"subdomain": "acme"}, {"nested": {"a": [1, None]}},
     )  # fmt: skip
     shapes.ConnectionPublic.model_validate(shapes.connection_json(broken), strict=False)
     delivery = DeliverySummary(7, now, "auth", "refresh", False, "applied")

@@ -181,6 +181,7 @@ async def test_cli_reconcile_prints_counts(
         "updated": 0,
         "deleted": 1,
         "unattributed": 0,
+        "details": 1,
     }
     assert connection_row(sync_engine, "new-one").end_user_id == "u1"
     with sync_engine.connect() as conn:

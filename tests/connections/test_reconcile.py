@@ -109,6 +109,7 @@ def test_reconcile_over_pages_creates_updates_and_deletes(
         "updated": 3,
         "deleted": 1,
         "unattributed": 2,
+        "details": 13,  # metadata from the listing for the stored ones, config for every one
     }
     pages = fake_nango.requests_to("GET", "/connections")
     listing = [r for r in pages if "connectionId" not in r.query]
@@ -138,7 +139,7 @@ def test_reconcile_over_pages_creates_updates_and_deletes(
 
     # A second run finds nothing to change.
     again = reconcile(api, auth_headers)
-    assert again == {**counts, "created": 0, "updated": 0, "deleted": 0}
+    assert again == {**counts, "created": 0, "updated": 0, "deleted": 0, "details": 0}
     assert all_connections(sync_engine) == rows
 
     with sync_engine.connect() as conn:
@@ -233,7 +234,14 @@ def test_an_empty_listing_deletes_nothing(
     add_connection(sync_engine, connection_id="a", updated_at=old)
     add_connection(sync_engine, connection_id="b", updated_at=old)
     counts = reconcile(api, auth_headers)
-    assert counts == {"seen": 0, "created": 0, "updated": 0, "deleted": 0, "unattributed": 0}
+    assert counts == {
+        "seen": 0,
+        "created": 0,
+        "updated": 0,
+        "deleted": 0,
+        "unattributed": 0,
+        "details": 0,
+    }
     assert {row.status for row in all_connections(sync_engine).values()} == {"active"}
 
 

@@ -51,7 +51,8 @@ def test_sync_errors_leave_the_status_alone_and_auth_keeps_the_stored_type(
     assert rows["described"].status == "auth_error"
     assert rows["described"].error_type == "refresh_token_external_error"
     assert rows["described"].error_description == "invalid_grant"
-    assert not [e for e in history(sync_engine) if e.connection_pk == rows["described"].id]
+    described_events = [e for e in history(sync_engine) if e.connection_pk == rows["described"].id]
+    assert [e.action for e in described_events] == ["details", "details"]  # metadata, config
     for name in ("newly-broken", "untyped", "new-broken"):
         assert (rows[name].status, rows[name].error_type) == ("auth_error", "auth"), name
     assert rows["untyped"].error_since == rows["described"].error_since
@@ -59,7 +60,12 @@ def test_sync_errors_leave_the_status_alone_and_auth_keeps_the_stored_type(
     listed = {e["type"] for e in history(sync_engine) for e in e.detail.get("nango_errors", [])}
     assert listed == {"sync", "auth"}
 
-    assert run_reconcile(api, auth_headers) == {**counts, "created": 0, "updated": 0}
+    assert run_reconcile(api, auth_headers) == {
+        **counts,
+        "created": 0,
+        "updated": 0,
+        "details": 0,
+    }
 
 
 def test_a_legacy_id_that_search_over_matches_is_not_tombstoned(

@@ -217,3 +217,72 @@ def test_replay_all_failed(console: TestClient, sync_engine: Engine) -> None:
     assert connection_row(sync_engine, "conn-2").status == "active"
     again = post_form(console, "/console/deliveries/replay-failed")
     assert "Replayed 0 deliveries" in again.text
+
+
+def test_refresh_reads_config_and_metadata_from_nango(
+    console: TestClient, fake_nango: FakeNango, sync_engine: Engine
+) -> None:
+    fake_nango.add_connection(
+        connection_id="conn-1",
+        tags={"end_user_id": "u1"},
+        metadata={"plan": "pro"},
+        connection_config={"instance_url": "https://acme.example.com"},
+    )
+    deliver(console, connection_id="conn-1", tags={"end_user_id": "u1"})
+    pk = _pk(sync_engine, "conn-1")
+    response = post_form(console, f"/console/connections/{pk}/refresh")
+    assert response.status_code == 303
+    assert response.headers["location"] == f"/console/connections/{pk}?notice=refreshed"
+    page = console.get(response.headers["location"]).text
+    assert "The connection was refreshed from Nango" in page
+    assert "instance_url" in page
+    assert "&#34;plan&#34;: &#34;pro&#34;" in page
+
+
+def test_refresh_of_a_connection_nango_no_longer_has(
+    console: TestClient, sync_engine: Engine
+) -> None:
+    deliver(console, connection_id="conn-1", tags={"end_user_id": "u1"})
+    response = post_form(console, f"/console/connections/{_pk(sync_engine, 'conn-1')}/refresh")
+    assert response.status_code == 303
+    assert connection_row(sync_engine, "conn-1").status == "deleted"
+
+
+def test_set_owner_of_an_unattributed_connection(
+    console: TestClient, fake_nango: FakeNango, sync_engine: Engine
+) -> None:
+    fake_nango.add_connection(connection_id="nobody")
+    deliver(console, connection_id="nobody")
+    pk = _pk(sync_engine, "nobody")
+    page = console.get(f"/console/connections/{pk}").text
+    assert "Set owner" in page
+    response = post_form(
+        console,
+        f"/console/connections/{pk}/owner",
+        {"end_user_id": "user-77", "end_user_email": "", "organization_id": "org-1"},
+    )
+    assert response.status_code == 303, response.text
+    row = connection_row(sync_engine, "nobody")
+    assert row.end_user_id == "user-77"
+    assert row.organization_id == "org-1"
+    found = fake_nango.find("nobody")
+    assert found is not None
+    assert found.tags["end_user_id"] == "user-77"
+    after = console.get(response.headers["location"]).text
+    assert "The owner is set" in after
+    assert "Set owner" not in after
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{}, {"end_user_email": "ada@example.com"}, {"end_user_id": "u", "end_user_email": "nope"}],
+)
+def test_set_owner_refuses_what_the_api_refuses(
+    console: TestClient, sync_engine: Engine, fields: dict[str, str]
+) -> None:
+    deliver(console, connection_id="nobody")
+    response = post_form(
+        console, f"/console/connections/{_pk(sync_engine, 'nobody')}/owner", fields
+    )
+    assert response.status_code == 400
+    assert "invalid_body" in response.text

@@ -22,6 +22,8 @@ ACTIONS = [
     ("/console/reconcile", {}),
     ("/console/connections/1/delete", {"confirm": "yes"}),
     ("/console/connections/1/reconnect", {}),
+    ("/console/connections/1/refresh", {}),
+    ("/console/connections/1/owner", {"end_user_id": "u1"}),
     ("/console/deliveries/1/replay", {}),
     ("/console/deliveries/replay-failed", {}),
 ]
