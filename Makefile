@@ -8,7 +8,7 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check
 .PHONY: run test install dev migrate fmt lint typecheck test-sqlite test-postgres reliability bench lock clean lint-docker browser
 
 run: install migrate
-	$(BIN)/nango-registry serve --port $${PORT:-8000}
+	$(BIN)/nango-registry serve  # HOST, PORT... from the environment or .env, as in production
 
 install: $(VENV)/.installed
 dev: $(VENV)/.dev-installed

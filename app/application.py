@@ -12,6 +12,7 @@ from app.api import (
     connect_sessions,
     connections,
     end_users,
+    events,
     legacy,
     openapi,
     reconciliation,
@@ -29,6 +30,7 @@ ROUTES = [
     *connections.routes,
     *end_users.routes,
     *connect_sessions.routes,
+    *events.routes,
     *reconciliation.routes,
     *subscriptions.routes,
     *legacy.routes,
@@ -51,9 +53,13 @@ def create_app(
     settings: Settings, *, nango_transport: httpx2.AsyncBaseTransport | None = None
 ) -> Starlette:
     """``nango_transport`` replaces the network under the Nango client (tests pass a fake Nango)."""
-    return Starlette(
+    app = Starlette(
         routes=[*ROUTES, *console_routes(settings)],
         middleware=[Middleware(RequestContextMiddleware), Middleware(RawPathRouting)],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan_for(settings, nango_transport=nango_transport),
     )
+    # Starlette would answer "/v1/connections/" with a redirect built from the Host header,
+    # which a client chooses: a path is answered as it is, or 404.
+    app.router.redirect_slashes = False
+    return app

@@ -12,12 +12,16 @@ Hierarchy::
     ├── Forbidden               403  a read-only key asked for a write
     ├── NotFound                404
     ├── Conflict                409  e.g. an ambiguous legacy connection ID
+    ├── RequestTimeout          408  the body did not arrive within REQUEST_BODY_TIMEOUT_SECONDS
     ├── PayloadTooLarge         413
     ├── UpstreamError           502  Nango answered with an error (Nango's code is kept)
     └── ServiceUnavailable      503  the database or a required setting is missing
 
 A database that is unreachable or out of pooled connections is answered 503 with
-``Retry-After`` by every route (and counted), whatever the route: a retry can succeed.
+``Retry-After`` by every route (and counted), whatever the route: a retry can succeed. So is a
+statement cut off at ``DATABASE_STATEMENT_TIMEOUT_SECONDS`` (``query_timeout``, counted apart).
+A value the database refuses (a NUL in text, a statement too large for SQLite) is the request's
+fault: 400, and the log names the error's type, never the SQL or its parameters.
 
 Anything else is a bug: it is logged with its traceback and answered with a plain 500 that
 carries no detail.
@@ -34,9 +38,10 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app.db.database import DatabaseTimeout
+from app.db.database import DatabaseTimeout, QueryTimeout, QueryTooComplex
+from app.db.readiness import describe_error, underlying_error
 from app.logs import get_logger
-from app.metrics import DATABASE_ERRORS, route_template
+from app.metrics import DATABASE_ERRORS, QUERY_TIMEOUTS, route_template
 from app.responses import JSONResponse
 
 log = get_logger(__name__)
@@ -77,6 +82,11 @@ INVALID_BODY = _code(
     400,
     "the body's fields are invalid (`details.errors`), or a signed webhook is not UTF-8 JSON",
 )
+DUPLICATE_HEADER = _code(
+    "duplicate_header", 400, "`Authorization` or a signature header is given more than once"
+)
+INVALID_VALUE = _code("invalid_value", 400, "a value the database cannot hold, such as a NUL")
+QUERY_TOO_COMPLEX = _code("query_too_complex", 400, "the request asks the database for too much")
 TOO_MANY_TAGS = _code(
     "too_many_tags", 400, "a change would leave a connection more tags than Nango takes (10)"
 )
@@ -101,6 +111,9 @@ CONNECTION_NOT_FOUND = _code("connection_not_found", 404, "no such connection he
 SUBSCRIPTION_NOT_FOUND = _code("subscription_not_found", 404, "no such subscription")
 DELIVERY_NOT_FOUND = _code("delivery_not_found", 404, "no such stored delivery")
 KEY_NOT_FOUND = _code("key_not_found", 404, "no stored API key of that name")
+CONNECT_SESSION_NOT_FOUND = _code(
+    "connect_session_not_found", 404, "no Connect session with this ID was opened here"
+)
 UNKNOWN_AT_NANGO = _code(
     "unknown_at_nango", 404, "Nango no longer has the connection (reconcile to catch up)"
 )
@@ -114,7 +127,13 @@ DELETED = _code("deleted", 409, "the connection is deleted: start a new Connect 
 UNATTRIBUTED = _code("unattributed", 409, "the connection has no owner to re-authorize it for")
 RECONCILE_RUNNING = _code("reconcile_running", 409, "another reconciliation holds the lease")
 KEY_EXISTS = _code("key_exists", 409, "an API key of that name exists (names are never reused)")
+BODY_TIMEOUT = _code(
+    "body_timeout", 408, "the body did not arrive within `REQUEST_BODY_TIMEOUT_SECONDS`"
+)
 PAYLOAD_TOO_LARGE = _code("payload_too_large", 413, "the body is over the size limit")
+HEADERS_TOO_LARGE = _code(
+    "headers_too_large", 431, "more than 100 headers, or more than 64 KB of them"
+)
 INTERNAL_ERROR = _code("internal_error", 500, "a bug: the service logs have the traceback")
 NANGO_REFUSED = _code(
     "nango_<Nango's code>",
@@ -138,6 +157,16 @@ SECRET_KEY_MISSING = _code(
     "secret_key_missing",
     503,
     "`SECRET_KEY` is not set: subscription secrets are derived from it and must survive restarts",
+)
+QUERY_TIMEOUT = _code(
+    "query_timeout",
+    503,
+    "the database work ran past `DATABASE_STATEMENT_TIMEOUT_SECONDS`; retry after `Retry-After`",
+)
+WEBHOOK_BODY_TIMEOUT = _code(
+    "webhook_body_timeout",
+    503,
+    "a webhook body did not arrive within `REQUEST_BODY_TIMEOUT_SECONDS`; Nango retries it",
 )
 
 
@@ -183,6 +212,10 @@ class NotFound(ApiError):
 
 class Conflict(ApiError):
     pass
+
+
+class RequestTimeout(ApiError):
+    default = BODY_TIMEOUT
 
 
 class PayloadTooLarge(ApiError):
@@ -257,7 +290,12 @@ DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
     DatabaseTimeout,
 )
 # Anything the drivers raise, for the webhook receiver, which answers 503 to all of it.
-DRIVER_ERRORS: tuple[type[Exception], ...] = (psycopg.Error, sqlite3.Error, DatabaseTimeout)
+DRIVER_ERRORS: tuple[type[Exception], ...] = (
+    psycopg.Error,
+    sqlite3.Error,
+    DatabaseTimeout,
+    QueryTooComplex,
+)
 
 
 def is_database_unavailable(error: BaseException) -> bool:
@@ -271,13 +309,42 @@ RETRY_AFTER_SECONDS = "5"
 async def handle_database_unavailable(request: Request, exc: Exception) -> Response:
     operation = route_template(request.scope)
     DATABASE_ERRORS.labels(operation=operation).inc()
-    log.warning("database_unavailable", operation=operation, error_type=type(exc).__name__)
+    state = getattr(request.app.state, "registry", None)
+    cause = exc if state is None else underlying_error(state.database, exc)
+    log.warning(
+        "database_unavailable",
+        operation=operation,
+        error_type=type(exc).__name__,
+        cause=describe_error(cause),
+    )
     return error_response(
         DATABASE_UNAVAILABLE_CODE.status,
         DATABASE_UNAVAILABLE_CODE.code,
         "the database is unavailable; retry later",
         headers={"Retry-After": RETRY_AFTER_SECONDS},
     )
+
+
+async def handle_query_timeout(request: Request, exc: Exception) -> Response:
+    route = route_template(request.scope)
+    QUERY_TIMEOUTS.labels(route=route).inc()
+    log.warning("query_timeout", route=route, error_type=type(exc).__name__)
+    return error_response(
+        QUERY_TIMEOUT.status,
+        QUERY_TIMEOUT.code,
+        "the database work for this request took too long; retry later or narrow the query",
+        headers={"Retry-After": RETRY_AFTER_SECONDS},
+    )
+
+
+async def handle_refused_value(request: Request, exc: Exception) -> Response:
+    # The driver's message may quote the value; the type is enough to find the cause.
+    log.warning("value_refused", route=route_template(request.scope), error_type=type(exc).__name__)
+    if isinstance(exc, QueryTooComplex | psycopg.errors.ProgramLimitExceeded):
+        entry, message = QUERY_TOO_COMPLEX, "the request asks for too much at once"
+    else:
+        entry, message = INVALID_VALUE, "a value in the request cannot be stored or searched for"
+    return error_response(entry.status, entry.code, message)
 
 
 async def handle_unexpected(request: Request, exc: Exception) -> Response:
@@ -291,5 +358,11 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     ApiError: handle_api_error,
     HTTPException: handle_http_exception,
     **dict.fromkeys(DATABASE_UNAVAILABLE, handle_database_unavailable),
+    # More precise than the classes above, which they derive from (handlers go by the MRO).
+    QueryTimeout: handle_query_timeout,
+    psycopg.errors.QueryCanceled: handle_query_timeout,
+    QueryTooComplex: handle_refused_value,
+    psycopg.errors.ProgramLimitExceeded: handle_refused_value,
+    psycopg.DataError: handle_refused_value,
     Exception: handle_unexpected,
 }

@@ -19,8 +19,10 @@ from starlette.applications import Starlette
 
 from app.api.keys import ApiKeyCache, configured_key_hashes
 from app.connections.detail_fetches import DetailFetches
+from app.connections.feed_signal import FeedSignal, close_on_exit_signals
 from app.connections.reconcile import run_schedule
-from app.db.database import create_database, postgres_conninfo
+from app.db.database import Database, create_database, postgres_conninfo
+from app.db.readiness import readiness_problem
 from app.logs import get_logger
 from app.nango.client import NangoClient
 from app.settings import Settings
@@ -82,6 +84,15 @@ async def _dispatching(state: AppState) -> AsyncIterator[None]:
         await http.aclose()
 
 
+async def _report_readiness(database: Database) -> None:
+    """Say at start, in one line, why the database cannot serve yet (``/readyz`` says it too)."""
+    problem = await readiness_problem(database)
+    if problem is None:
+        log.info("database_ready")
+    else:
+        log.error("database_not_ready", reason=problem)
+
+
 def lifespan_for(
     settings: Settings, *, nango_transport: httpx2.AsyncBaseTransport | None = None
 ) -> Callable[[Starlette], AbstractAsyncContextManager[None]]:
@@ -89,7 +100,7 @@ def lifespan_for(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        database = create_database(settings)
+        database = create_database(settings, bounded=True)
         await database.open()
         http = httpx2.AsyncClient(
             timeout=httpx2.Timeout(settings.nango_timeout_seconds, connect=5.0),
@@ -101,6 +112,7 @@ def lifespan_for(
             database=database,
             api_keys=ApiKeyCache(database, configured_key_hashes(settings)),
             nango=NangoClient.from_settings(settings, http),
+            feed_signal=FeedSignal(poll_interval=settings.feed_poll_interval_seconds),
         )
         state.details = DetailFetches(
             database=database,
@@ -108,6 +120,7 @@ def lifespan_for(
             attempts=settings.connection_details_attempts,
             retry_seconds=settings.connection_details_retry_seconds,
         )
+        readiness = asyncio.create_task(_report_readiness(database))
         schedule = _start_reconcile_schedule(state)
         if schedule is not None:
             state.background.append(schedule)
@@ -115,6 +128,10 @@ def lifespan_for(
             from app.console.figures import start_figures  # only with the console on
 
             state.background.append(start_figures(state))
+        if not settings.is_sqlite:
+            listener = state.feed_signal.listen(postgres_conninfo(settings.database_url))
+            state.background.append(asyncio.create_task(listener, name="feed-listener"))
+        close_on_exit_signals(state.feed_signal)
         # Everything built so far (modules, settings, pools) lives as long as the process: kept
         # out of the garbage collector's generations, a full collection no longer walks it,
         # which took tens of milliseconds and made the latency tail (measured with make bench).
@@ -125,7 +142,8 @@ def lifespan_for(
                 yield
         finally:
             await state.details.close()
-            for task in state.background:
+            state.feed_signal.close()
+            for task in (readiness, *state.background):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task

@@ -21,7 +21,27 @@ LEVELS = ("debug", "info", "warning", "error")
 
 # Loggers of libraries kept at WARNING whatever LOG_LEVEL says: per-request noise, or text
 # that may include SQL, its parameters or request details.
-QUIET_LIBRARIES = ("psycopg", "sqlalchemy", "httpx", "httpx2", "httpcore", "alembic", "asyncio")
+QUIET_LIBRARIES = (
+    "psycopg",
+    "sqlalchemy",
+    "aiosqlite",
+    "httpx",
+    "httpx2",
+    "httpcore",
+    "alembic",
+    "asyncio",
+)
+
+
+class _QuietLibraries(logging.Filter):
+    """Below WARNING, nothing from the quiet libraries reaches the stream, even where one of
+    them sets its own logger's level (SQLAlchemy does with ``echo``): at LOG_LEVEL=debug their
+    lines would carry SQL text and parameters (webhook bodies, API key hashes)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            return True
+        return record.name.partition(".")[0] not in QUIET_LIBRARIES
 
 
 def _dumps(value: Any, **kwargs: Any) -> str:
@@ -83,6 +103,7 @@ def configure_logging(level: str = "info", *, stream: TextIO | None = None) -> N
     )
     handler = logging.StreamHandler(target)
     handler.setFormatter(formatter)
+    handler.addFilter(_QuietLibraries())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(numeric)

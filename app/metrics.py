@@ -24,6 +24,17 @@ SIGNATURE_FAILURES = Counter(
     "Webhook requests refused because the signature did not verify",
     ["reason"],
 )
+AUTH_FAILURES = Counter(
+    "nango_registry_auth_failures",
+    "API requests refused for their credentials, by reason (missing, malformed, unknown_key,"
+    " read_only, duplicate_header)",
+    ["reason"],
+)
+QUERY_TIMEOUTS = Counter(
+    "nango_registry_query_timeouts",
+    "Database work cut off at DATABASE_STATEMENT_TIMEOUT_SECONDS (answered 503), by route",
+    ["route"],
+)
 LOOKUPS = Counter(
     "nango_registry_lookups",
     "Lookup API requests by route",

@@ -1,8 +1,11 @@
-"""Pure ASGI middleware: a request ID, one access-log line and one latency sample per request;
-and routing by raw path, so an ID containing ``/`` (sent as ``%2F``) is one path segment."""
+"""Pure ASGI middleware: a request ID, one access-log line and one latency sample per request,
+the headers every answer carries, and the checks no request skips (header bounds, no duplicated
+credential); and routing by raw path, so an ID containing ``/`` (sent as ``%2F``) is one path
+segment."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 import uuid
@@ -13,13 +16,33 @@ import structlog
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.db.database import API_WORK
+from app.errors import DUPLICATE_HEADER, HEADERS_TOO_LARGE, ErrorCode, error_response
 from app.logs import get_logger
-from app.metrics import observe_request
+from app.metrics import AUTH_FAILURES, SIGNATURE_FAILURES, observe_request
+from app.webhooks.signature import Refusal
 
 log = get_logger("app.access")
 
 # A caller's request ID is echoed into logs and headers, so only a short, plain token is trusted.
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+# What any request may carry (README, "Deploy"): uvicorn bounds neither with httptools, so the
+# bound is checked here, once the headers are read, and a front proxy bounds them before that.
+MAX_HEADER_COUNT = 100
+MAX_HEADER_BYTES = 64 * 1024
+# Credentials a request must carry at most once: with two, "the first one wins" in one layer
+# and "the last one wins" in another (a proxy, a log, a replayed capture) would disagree.
+# (Children are made when counted, not at import: the CLI imports this module too, before any
+# metrics directory a multi-worker serve sets up.)
+_SINGLE_HEADERS = {
+    b"authorization": AUTH_FAILURES,
+    b"x-nango-hmac-sha256": SIGNATURE_FAILURES,
+    b"x-nango-signature": SIGNATURE_FAILURES,
+}
+_NOSNIFF = (b"x-content-type-options", b"nosniff")
+# Connection objects hold people's emails: no shared or browser cache may keep an API answer.
+_NO_STORE = (b"cache-control", b"no-store")
 
 
 def _request_id(scope: Scope) -> str:
@@ -59,16 +82,28 @@ class RequestContextMiddleware:
         structlog.contextvars.bind_contextvars(request_id=request_id)
         started = time.perf_counter()
         status = 500
+        added = [(b"x-request-id", request_id.encode()), _NOSNIFF]
+        api = scope["path"].startswith("/v1/")
+        if api:
+            added.append(_NO_STORE)
+            API_WORK.set(True)
 
         async def send_with_request_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+                message["headers"] = [*message["headers"], *added]
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_request_id)
+            refusal = _refusal(scope["headers"])
+            if refusal is not None:
+                await refusal(scope, receive, send_with_request_id)
+            elif api:
+                if await _until_disconnect(self.app, scope, receive, send_with_request_id):
+                    status = CLIENT_GONE
+            else:
+                await self.app(scope, receive, send_with_request_id)
         finally:
             elapsed = time.perf_counter() - started
             observe_request(scope=scope, status=status, seconds=elapsed)
@@ -84,6 +119,75 @@ class RequestContextMiddleware:
                 **scope["state"].get("log", {}),
             )
             structlog.contextvars.clear_contextvars()
+
+
+# The access line's status for a request whose client left before its answer (nginx's 499).
+CLIENT_GONE = 499
+
+
+async def _until_disconnect(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> bool:
+    """Run an API request, cancelled (its database work with it) if the client goes away;
+    True if it did.
+
+    A task reads the client's messages for it: body parts are handed to the app as it asks
+    (one at a time, so uvicorn's flow control still holds), and a disconnect before the answer
+    is complete cancels the request.
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    parts: asyncio.Queue[Message] = asyncio.Queue(maxsize=1)
+    answered = gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                if not answered:
+                    gone = True
+                    task.cancel()
+                return
+            await parts.put(message)
+
+    async def send_marking_the_end(message: Message) -> None:
+        nonlocal answered
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            answered = True
+        await send(message)
+
+    watcher = asyncio.get_running_loop().create_task(watch())
+    try:
+        await app(scope, parts.get, send_marking_the_end)
+    except asyncio.CancelledError:
+        if not gone:
+            raise
+        task.uncancel()
+    finally:
+        watcher.cancel()
+    return gone
+
+
+def _refusal(headers: list[tuple[bytes, bytes]]) -> ASGIApp | None:
+    """The answer to a request no route may see: too many or too large headers (431), or a
+    credential header given twice (400); None for every other request."""
+    if len(headers) > MAX_HEADER_COUNT:
+        return _error(HEADERS_TOO_LARGE, f"more than {MAX_HEADER_COUNT} headers")
+    size = 0
+    seen: set[bytes] = set()
+    for name, value in headers:
+        size += len(name) + len(value) + 4
+        if name in _SINGLE_HEADERS:
+            if name in seen:
+                _SINGLE_HEADERS[name].labels(reason=Refusal.DUPLICATE).inc()
+                return _error(DUPLICATE_HEADER, f"{name.decode()} is given more than once")
+            seen.add(name)
+    if size > MAX_HEADER_BYTES:
+        return _error(HEADERS_TOO_LARGE, f"headers larger than {MAX_HEADER_BYTES} bytes")
+    return None
+
+
+def _error(entry: ErrorCode, message: str) -> ASGIApp:
+    return error_response(entry.status, entry.code, message, headers={"Connection": "close"})
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

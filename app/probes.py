@@ -11,8 +11,8 @@ from starlette.routing import Route
 from app.api.keys import require_api_key
 from app.api.openapi import operation
 from app.api.shapes import Health, Readiness
-from app.db.database import is_missing_table, sql
 from app.db.migrate import head_revision
+from app.db.readiness import readiness_problem
 from app.errors import NotFound
 from app.logs import get_logger
 from app.metrics import collect
@@ -20,8 +20,6 @@ from app.responses import JSONResponse
 from app.state import app_state
 
 log = get_logger(__name__)
-
-SCHEMA_REVISION = sql("SELECT version_num FROM alembic_version")
 
 
 @operation(id="healthz", summary="The process is up", answers={200: Health}, auth=False)
@@ -36,23 +34,11 @@ async def healthz(request: Request) -> JSONResponse:
     auth=False,
 )
 async def readyz(request: Request) -> JSONResponse:
-    database = app_state(request).database
-    expected = head_revision()
-    try:
-        async with database.reader() as tx:
-            row = await tx.fetchone(SCHEMA_REVISION)
-    except Exception as error:  # any driver or network failure means "not ready"
-        if not is_missing_table(error):
-            log.warning("not_ready", reason="database_unreachable", error_type=type(error).__name__)
-            return JSONResponse(
-                {"status": "unavailable", "reason": "database unreachable"}, status_code=503
-            )
-        row = None
-    revision = None if row is None else row[0]
-    if revision != expected:
-        reason = f"schema at revision {revision or 'none'}, expected {expected}: run migrations"
-        return JSONResponse({"status": "unavailable", "reason": reason}, status_code=503)
-    return JSONResponse({"status": "ok", "schema_revision": revision})
+    problem = await readiness_problem(app_state(request).database)
+    if problem is not None:
+        log.warning("not_ready", reason=problem)
+        return JSONResponse({"status": "unavailable", "reason": problem}, status_code=503)
+    return JSONResponse({"status": "ok", "schema_revision": head_revision()})
 
 
 @operation(

@@ -5,9 +5,17 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite:///./nango-registry.db"
@@ -50,6 +58,10 @@ def _split_csv(value: object) -> object:
     return value
 
 
+COMMA_LISTS = ("nango_webhook_signing_keys", "registry_api_keys")
+MIN_SECRET_LENGTH = 32
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
@@ -61,6 +73,7 @@ class Settings(BaseSettings):
     web_concurrency: int = Field(default=1, ge=1, le=64)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     forwarded_allow_ips: str = "127.0.0.1"
+    request_body_timeout_seconds: float = Field(default=15.0, gt=0, le=600)
     secret_key: SecretStr | None = None
     graceful_shutdown_seconds: int = Field(default=20, ge=1, le=300)
 
@@ -69,6 +82,7 @@ class Settings(BaseSettings):
     database_pool_size: int = Field(default=5, ge=1, le=100)
     database_max_overflow: int = Field(default=2, ge=0, le=100)
     database_pool_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    database_statement_timeout_seconds: float = Field(default=5.0, gt=0, le=600)
 
     # Webhook receiver
     nango_webhook_signing_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
@@ -119,6 +133,41 @@ class Settings(BaseSettings):
     console_read_only: bool = False
     console_csrf_max_age_seconds: int = Field(default=4 * 3600, ge=60, le=7 * 24 * 3600)
     console_cache_seconds: float = Field(default=5.0, ge=0, le=3600)
+
+    # Comma lists that held an empty entry ("KEY,", ","): dropped, and warned about at start.
+    _blank_entries: tuple[str, ...] = PrivateAttr(default=())
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _note_blank_entries(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        blank = tuple(
+            name.upper()
+            for name in COMMA_LISTS
+            if isinstance(data, dict)
+            and isinstance(data.get(name), str)
+            and any(not part.strip() for part in data[name].split(","))
+        )
+        settings = handler(data)
+        if isinstance(settings, Settings):
+            settings._blank_entries = blank
+        return settings
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_in_any_case(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator(
+        "nango_accept_legacy_signature", "metrics_enabled", "console_read_only", mode="before"
+    )
+    @classmethod
+    def _boolean_in_any_case(cls, value: object) -> object:
+        # pydantic already takes true/True/TRUE, yes, on, 1...; surrounding spaces too here.
+        return value.strip() if isinstance(value, str) else value
+
+    # Change feed (streams and Connect-session long polls)
+    feed_heartbeat_seconds: float = Field(default=15.0, gt=0, le=300)
+    feed_poll_interval_seconds: float = Field(default=1.0, gt=0, le=60)
 
     @field_validator("nango_webhook_signing_keys", "registry_api_keys", mode="before")
     @classmethod
@@ -195,6 +244,46 @@ class Settings(BaseSettings):
             else:
                 keys.append(SigningKey(key=raw.encode()))
         return tuple(keys)
+
+
+def configuration_summary(settings: Settings) -> dict[str, Any]:
+    """What matters about this configuration, without a secret: the start-up log line."""
+    environments = sorted({key.environment or "*" for key in settings.signing_keys})
+    return {
+        "database": "sqlite" if settings.is_sqlite else "postgresql",
+        "signing_key_environments": environments,
+        "api_keys_configured": len(settings.registry_api_keys),
+        "nango_host": settings.nango_host,
+        "nango_secret_key": settings.nango_secret_key is not None,
+        "nango_environment": settings.nango_environment,
+        "reconcile_interval_seconds": settings.reconcile_interval_seconds,
+        "legacy_signature": settings.nango_accept_legacy_signature,
+        "log_level": settings.log_level,
+    }
+
+
+def configuration_warnings(settings: Settings) -> list[str]:
+    """What will surely fail with this configuration (each logged at start, as a warning)."""
+    warnings = []
+    if not settings.signing_keys:
+        warnings.append(
+            "NANGO_WEBHOOK_SIGNING_KEYS is not set: every webhook will be refused (503)"
+        )
+    warnings += [
+        f"{name} has an empty entry (a stray comma): it is ignored"
+        for name in settings._blank_entries
+    ]
+    if not settings.nango_environment.strip():
+        warnings.append("NANGO_ENVIRONMENT is empty: set it to the Nango environment, e.g. prod")
+    short = [
+        f"{name} is shorter than {MIN_SECRET_LENGTH} characters: easy to guess"
+        for name, values in (
+            ("REGISTRY_API_KEYS", settings.registry_api_keys),
+            ("SECRET_KEY", [settings.secret_key] if settings.secret_key else []),
+        )
+        if any(len(value.get_secret_value()) < MIN_SECRET_LENGTH for value in values)
+    ]
+    return warnings + short
 
 
 class SettingsError(SystemExit):

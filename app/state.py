@@ -14,6 +14,7 @@ from app.settings import Settings
 if TYPE_CHECKING:
     from app.api.keys import ApiKeyCache
     from app.connections.detail_fetches import DetailFetches
+    from app.connections.feed_signal import FeedSignal
     from app.console.figures import FigureCache
     from app.nango.client import NangoClient
     from app.subscriptions.dispatcher import Dispatcher
@@ -25,6 +26,7 @@ class AppState:
     database: Database
     api_keys: ApiKeyCache
     nango: NangoClient
+    feed_signal: FeedSignal
     # None when SUBSCRIPTION_DISPATCH=false.
     dispatcher: Dispatcher | None = None
     # Tasks started at start-up and cancelled at shutdown.

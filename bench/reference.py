@@ -60,7 +60,8 @@ COLUMNS = (
     "connection_id, integration_id, provider, environment, auth_mode, end_user_id,"
     " end_user_email, end_user_display_name, organization_id, organization_display_name, tags,"
     " status, error_type, error_description, error_since, last_sync_name, last_sync_model,"
-    " last_sync_success, last_sync_at, last_sync_error, created_at, updated_at, deleted_at"
+    " last_sync_success, last_sync_at, last_sync_error, created_at, updated_at, deleted_at,"
+    " connection_config, metadata"
 )
 NAMES = tuple(name.strip() for name in COLUMNS.split(","))
 
@@ -285,7 +286,14 @@ def connection_json(row: tuple[Any, ...]) -> dict[str, Any]:
         "created_at": iso(c["created_at"]),
         "updated_at": iso(c["updated_at"]),
         "deleted_at": iso(c["deleted_at"]),
+        "connection_config": json_value(c["connection_config"]),
+        "metadata": json_value(c["metadata"]),
     }
+
+
+def json_value(value: Any) -> Any:
+    """A JSON column as stored: text on SQLite, already decoded by psycopg."""
+    return json.loads(value) if isinstance(value, str) else value
 
 
 def error(status: int, code: str, message: str) -> JSONResponse:

@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from app.settings import Settings, SigningKey, load_settings, normalise_database_url
+from app.settings import (
+    Settings,
+    SigningKey,
+    configuration_summary,
+    configuration_warnings,
+    load_settings,
+    normalise_database_url,
+)
 
 
 @pytest.mark.parametrize(
@@ -111,3 +118,59 @@ def test_readme_names_the_release_that_brought_the_hmac_header() -> None:
     row = next(line for line in readme.splitlines() if "`NANGO_ACCEPT_LEGACY_SIGNATURE` |" in line)
     assert "0.69.15" in row
     assert "0.69.14" not in readme
+
+
+@pytest.mark.parametrize("level", ["DEBUG", "Debug", " warning ", "ERROR"])
+def test_log_level_in_any_case(level: str) -> None:
+    assert Settings(_env_file=None, log_level=level).log_level == level.strip().lower()
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [("TRUE", True), ("True", True), (" yes ", True), ("On", True), ("FALSE", False), ("0", False)],
+)
+def test_booleans_in_any_case(monkeypatch: pytest.MonkeyPatch, given: str, expected: bool) -> None:
+    monkeypatch.setenv("NANGO_ACCEPT_LEGACY_SIGNATURE", given)
+    monkeypatch.setenv("METRICS_ENABLED", given)
+    settings = Settings(_env_file=None)
+    assert settings.nango_accept_legacy_signature is expected
+    assert settings.metrics_enabled is expected
+
+
+def test_the_configuration_summary_names_no_secret() -> None:
+    settings = Settings(
+        _env_file=None,
+        nango_webhook_signing_keys="prod=signing-secret-1,any-secret-2",
+        registry_api_keys="k" * 40,
+        nango_secret_key="nango-secret",
+        reconcile_interval_seconds=3600,
+    )
+    summary = configuration_summary(settings)
+    assert summary == {
+        "database": "sqlite",
+        "signing_key_environments": ["*", "prod"],
+        "api_keys_configured": 1,
+        "nango_host": "https://api.nango.dev",
+        "nango_secret_key": True,
+        "nango_environment": "prod",
+        "reconcile_interval_seconds": 3600,
+        "legacy_signature": False,
+        "log_level": "info",
+    }
+    assert configuration_warnings(settings) == []
+
+
+def test_warnings_for_what_will_surely_fail(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NANGO_WEBHOOK_SIGNING_KEYS", ",")
+    monkeypatch.setenv("REGISTRY_API_KEYS", "short,")
+    monkeypatch.setenv("SECRET_KEY", "also-short")
+    monkeypatch.setenv("NANGO_ENVIRONMENT", "")
+    warnings = configuration_warnings(Settings(_env_file=None))
+    assert warnings == [
+        "NANGO_WEBHOOK_SIGNING_KEYS is not set: every webhook will be refused (503)",
+        "NANGO_WEBHOOK_SIGNING_KEYS has an empty entry (a stray comma): it is ignored",
+        "REGISTRY_API_KEYS has an empty entry (a stray comma): it is ignored",
+        "NANGO_ENVIRONMENT is empty: set it to the Nango environment, e.g. prod",
+        "REGISTRY_API_KEYS is shorter than 32 characters: easy to guess",
+        "SECRET_KEY is shorter than 32 characters: easy to guess",
+    ]

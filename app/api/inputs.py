@@ -20,6 +20,7 @@ from starlette.requests import Request
 from app.bodies import read_limited
 from app.connections.model import MAX_TAG_VALUE, MAX_TAGS, check_tag_key
 from app.errors import INVALID_BODY, INVALID_JSON, INVALID_PARAMETER, BadRequest
+from app.state import app_state
 
 Q = TypeVar("Q", bound=BaseModel)
 B = TypeVar("B", bound=BaseModel)
@@ -103,7 +104,8 @@ def parse_tags(params: QueryParams) -> dict[str, str]:
 
 async def parse_body(model: type[B], request: Request, *, optional: bool = False) -> B:
     """The JSON body as ``model``; an empty body is ``{}`` when ``optional``."""
-    raw = await read_limited(request, MAX_JSON_BODY)
+    timeout = app_state(request).settings.request_body_timeout_seconds
+    raw = await read_limited(request, MAX_JSON_BODY, seconds=timeout)
     body: Any = {}
     if raw.strip() or not optional:
         try:

@@ -31,6 +31,7 @@ from app.db.database import Database, sql
 from app.db.types import utcnow
 from app.errors import Forbidden, Unauthorized
 from app.logs import get_logger
+from app.metrics import AUTH_FAILURES
 from app.middleware import log_fields
 from app.settings import Settings
 from app.state import app_state
@@ -138,6 +139,7 @@ class ApiKeyCache:
             try:
                 async with self._database.transaction() as tx:
                     await tx.executemany(RECORD_USE, rows)
+                log.debug("api_key_use_recorded", keys=len(rows))
             except Exception as error:
                 # Not retried: the next use after LAST_USED_SECONDS records it again.
                 for digest in batch:
@@ -162,6 +164,7 @@ class ApiKeyCache:
             rows = await tx.fetchall(LIVE_KEYS)
         self._stored = {key_hash: Principal(name, bool(ro)) for key_hash, name, ro in rows}
         self._loaded_at = time.monotonic()
+        log.debug("api_keys_loaded", stored=len(self._stored))
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,11 +206,19 @@ async def revoke_api_key(database: Database, *, name: str) -> str:
         return "revoked"
 
 
+def _refused(request: Request, reason: str) -> None:
+    # Counted and written on the access line (with the client's address and user agent), so a
+    # run of guesses can be traced; never the key itself.
+    AUTH_FAILURES.labels(reason=reason).inc()
+    log_fields(request.scope)["auth_failure"] = reason
+
+
 def _bearer(request: Request) -> str:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
+    header = request.headers.get("authorization")
+    scheme, _, token = (header or "").partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
+        _refused(request, "missing" if header is None else "malformed")
         raise Unauthorized(
             "send an API key as 'Authorization: Bearer <key>'",
             headers={"WWW-Authenticate": "Bearer"},
@@ -219,6 +230,7 @@ async def authenticate(request: Request) -> Principal:
     digest = hash_key(_bearer(request))
     match = await app_state(request).api_keys.find(digest)
     if match is None:
+        _refused(request, "unknown_key")
         raise Unauthorized("invalid API key", headers={"WWW-Authenticate": "Bearer"})
     log_fields(request.scope)["api_key"] = match.name
     return match
@@ -228,5 +240,6 @@ async def require_api_key(request: Request, *, write: bool = False) -> Principal
     """Authenticate the request; a read-only key asking to change state gets 403."""
     principal = await authenticate(request)
     if write and principal.read_only:
+        _refused(request, "read_only")
         raise Forbidden(f"API key {principal.name!r} is read-only")
     return principal

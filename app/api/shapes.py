@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from app.connections.feed import EventType
 from app.connections.model import (
     ATTRIBUTION_FIELDS,
     INTEGRATION_ID,
@@ -33,6 +34,7 @@ from app.connections.model import (
 )
 from app.connections.public import connection_json as connection_json  # re-exported
 from app.connections.queries import HistoryEntry, IntegrationSummary
+from app.connections.sessions import SESSION_TAG
 from app.subscriptions.model import (
     MAX_URL_LENGTH,
     Attempt,
@@ -47,8 +49,11 @@ DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
 MAX_VALUE_LENGTH = 255
 
-# A value of a request body, taken as sent: 1 to 255 characters, not blank.
-Text = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"\S")]
+# A value of a request body, taken as sent: 1 to 255 characters, not blank, no NUL (which
+# Postgres text cannot hold, and which no ID or tag at Nango contains).
+Text = Annotated[
+    str, StringConstraints(min_length=1, max_length=255, pattern=r"^[^\x00]*[^\s\x00][^\x00]*$")
+]
 # A query filter: what can be stored, compared exactly.
 Filter = Annotated[
     str, StringConstraints(min_length=1, max_length=MAX_VALUE_LENGTH, pattern=r"^[^\x00]*$")
@@ -311,6 +316,8 @@ def checked_tags(value: dict[str, T]) -> dict[str, T]:
             raise ValueError(f"tag key {key!r} repeats another key that differs only in case")
         if lowered in ATTRIBUTION_FIELDS:
             raise ValueError(f"set {lowered} as a field of its own, not as a tag")
+        if lowered == SESSION_TAG:
+            raise ValueError(f"{SESSION_TAG} is set by this service")
         tags[lowered] = tag
     return tags
 
@@ -353,9 +360,11 @@ class ConnectSessionRequest(Body):
 
     @model_validator(mode="after")
     def _tag_count(self) -> ConnectSessionRequest:
-        if len(self.nango_tags()) > MAX_TAGS:
+        # One of Nango's ten is the session's own (SESSION_TAG).
+        if len(self.nango_tags()) > MAX_TAGS - 1:
             raise ValueError(
-                f"at most {MAX_TAGS} tags in all, counting end_user_* and organization_* fields"
+                f"at most {MAX_TAGS - 1} tags in all, counting end_user_* and organization_*"
+                f" fields (the tenth is {SESSION_TAG})"
             )
         return self
 
@@ -419,6 +428,67 @@ class ConnectSession(Answer):
     expires_at: datetime
 
 
+class NewConnectSession(ConnectSession):
+    model_config = ConfigDict(title="NewConnectSession")
+
+    session_id: str = Field(
+        description="ask `GET /v1/connect-sessions/{session_id}` whether it produced a connection"
+    )
+
+
+class ConnectSessionWait(Query):
+    wait: int = Field(
+        0, ge=0, le=30, description="seconds to hold the request open while the session is pending"
+    )
+
+
+class ConnectSessionOutcome(Answer):
+    status: Literal["pending", "connected", "expired"]
+    connection: ConnectionPublic | None = Field(description="the connection it produced")
+
+
+class ConnectSessionStatus(Answer):
+    data: ConnectSessionOutcome
+
+
+class FeedQuery(Query):
+    """Which events a consumer wants (every filter given must match)."""
+
+    type: list[EventType] | None = Field(None, description="event types, comma-separated")
+    end_user_id: Filter | None = Field(None, description="owner's user ID")
+    organization_id: Filter | None = Field(None, description="owner's organization ID")
+    integration_id: Filter | None = Field(None, description="Nango integration (providerConfigKey)")
+
+
+class EventQuery(FeedQuery):
+    after: int = Field(
+        0, ge=0, le=2**63 - 1, description="`next_after` of the previous page (0: from the start)"
+    )
+    limit: int = Field(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT, description="page size")
+
+
+class StreamQuery(FeedQuery):
+    after: int | None = Field(
+        None, ge=0, le=2**63 - 1, description="start after this event (`Last-Event-ID` wins)"
+    )
+
+
+class FeedEventPublic(Answer):
+    model_config = ConfigDict(title="Event")
+
+    id: int = Field(description="increasing; resume after the last one you handled")
+    type: EventType
+    occurred_at: datetime
+    source: str = Field(examples=["webhook", "reconcile", "api", "import"])
+    delivery_id: int | None = Field(description="the Nango webhook delivery that caused it")
+    connection: ConnectionPublic = Field(description="the connection as it was after the change")
+
+
+class EventPage(Answer):
+    data: list[FeedEventPublic]
+    next_after: int = Field(description="pass as `after` for the next page")
+
+
 class ReconcileCountsPublic(Answer):
     model_config = ConfigDict(title="ReconcileCounts")
 
@@ -443,7 +513,7 @@ class LegacyHmac(Answer):
 
 # Subscriptions ------------------------------------------------------------------------------
 
-EventType = Literal[
+SubscribedType = Literal[
     "connection.created",
     "connection.attributed",
     "connection.auth_error",
@@ -479,7 +549,7 @@ class SubscriptionFilters(Body):
 
 class SubscriptionRequest(Body):
     url: SubscriberUrl
-    event_types: list[EventType] | None = Field(
+    event_types: list[SubscribedType] | None = Field(
         None, min_length=1, description="only these types; absent or null: every type"
     )
     filters: SubscriptionFilters | None = None
@@ -494,7 +564,7 @@ class SubscriptionChange(Body):
         None, description="paused: deliveries queue up; active: resume (a disabled one too)"
     )
     url: SubscriberUrl | None = None
-    event_types: list[EventType] | None = Field(None, min_length=1)
+    event_types: list[SubscribedType] | None = Field(None, min_length=1)
     filters: SubscriptionFilters | None = Field(None, description="replaces every filter")
 
     _check_url = field_validator("url")(_url)

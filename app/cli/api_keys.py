@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 from datetime import datetime
 from typing import Any
 
@@ -20,7 +19,8 @@ from app.api.keys import (
     revoke_api_key,
     valid_key_name,
 )
-from app.db.database import connected
+from app.cli.output import fail
+from app.db.readiness import ready_database
 from app.logs import configure_logging, get_logger
 from app.settings import Settings, load_settings
 
@@ -52,17 +52,12 @@ def _settings() -> Settings:
     return settings
 
 
-def _fail(message: str) -> int:
-    print(f"nango-registry: {message}", file=sys.stderr)
-    return 1
-
-
 def run_create(args: argparse.Namespace) -> int:
     if not valid_key_name(args.name):
-        return _fail(f"--name: {KEY_NAME_RULE}")
+        return fail(f"--name: {KEY_NAME_RULE}")
     key = asyncio.run(_create(_settings(), name=args.name, read_only=args.read_only))
     if key is None:
-        return _fail(f"a key named {args.name!r} exists (names are never reused); pick another")
+        return fail(f"a key named {args.name!r} exists (names are never reused); pick another")
     log.info("api_key_created", name=args.name, read_only=args.read_only)
     print(key)
     return 0
@@ -88,7 +83,7 @@ def _when(value: datetime | None) -> str:
 def run_revoke(args: argparse.Namespace) -> int:
     outcome = asyncio.run(_revoke(_settings(), name=args.name))
     if outcome == "unknown":
-        return _fail(f"no key named {args.name!r}")
+        return fail(f"no key named {args.name!r}")
     if outcome == "already":
         print(f"{args.name} was already revoked")
         return 0
@@ -98,15 +93,15 @@ def run_revoke(args: argparse.Namespace) -> int:
 
 
 async def _create(settings: Settings, *, name: str, read_only: bool) -> str | None:
-    async with connected(settings) as database:
+    async with ready_database(settings) as database:
         return await create_api_key(database, name=name, read_only=read_only)
 
 
 async def _list(settings: Settings) -> list[StoredKey]:
-    async with connected(settings) as database:
+    async with ready_database(settings) as database:
         return await list_api_keys(database)
 
 
 async def _revoke(settings: Settings, *, name: str) -> str:
-    async with connected(settings) as database:
+    async with ready_database(settings) as database:
         return await revoke_api_key(database, name=name)

@@ -21,6 +21,7 @@ def register(commands: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     settings = load_settings()
     configure_logging(settings.log_level)
+    # Alembic's engine creates a missing SQLite file: migrate is the one command that does.
     migrate.upgrade(settings.database_url, args.revision)
     log.info("migrated", revision=args.revision, head=migrate.head_revision())
     return 0

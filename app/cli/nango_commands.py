@@ -1,23 +1,23 @@
 """``nango-registry reconcile`` and ``nango-registry import-csv FILE``.
 
-Both print one JSON document on stdout (logs go to stdout as JSON lines too, so pipe through
-``tail -1`` or ``jq -s 'last'``) and exit 0 on success, 1 when the work was refused or failed.
+Both print one JSON document on stdout (logs are JSON lines on stderr) and exit 0 on success,
+1 when the work was refused or failed.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import httpx2
 
+from app.cli.output import print_json
 from app.connections.legacy_import import CsvHeaderError, import_rows, parse_legacy_csv
 from app.connections.reconcile import ReconcileBusy, reconcile
-from app.db.database import connected
+from app.db.readiness import ready_database
 from app.logs import configure_logging
 from app.nango.client import NangoError, open_nango_client
 from app.settings import Settings, load_settings
@@ -37,10 +37,6 @@ def register(commands: Any) -> None:
     parser.set_defaults(handler=run_import)
 
 
-def _print(document: dict[str, Any]) -> None:
-    print(json.dumps(document, sort_keys=True), flush=True)
-
-
 def run_reconcile(args: argparse.Namespace) -> int:
     settings = load_settings()
     configure_logging(settings.log_level)
@@ -52,7 +48,7 @@ async def reconcile_command(
 ) -> int:
     try:
         async with (
-            connected(settings) as database,
+            ready_database(settings) as database,
             open_nango_client(settings, transport=transport) as nango,
         ):
             counts = await reconcile(
@@ -63,10 +59,10 @@ async def reconcile_command(
                 details_per_run=settings.reconcile_details_per_run,
             )
     except (NangoError, ReconcileBusy) as error:
-        _print({"error": str(error)})
+        print_json({"error": str(error)})
         return 1
     assert counts is not None
-    _print({"environment": settings.nango_environment, "counts": counts.as_dict()})
+    print_json({"environment": settings.nango_environment, "counts": counts.as_dict()})
     return 0
 
 
@@ -77,7 +73,7 @@ def run_import(args: argparse.Namespace) -> int:
         from_stdin = str(args.file) == "-"
         text = sys.stdin.read() if from_stdin else args.file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
-        _print({"imported": 0, "error": f"cannot read {args.file}: {error}"})
+        print_json({"imported": 0, "error": f"cannot read {args.file}: {error}"})
         return 1
     return asyncio.run(import_command(settings, text))
 
@@ -86,10 +82,10 @@ async def import_command(settings: Settings, text: str) -> int:
     try:
         rows, rejections = parse_legacy_csv(text, default_environment=settings.nango_environment)
     except CsvHeaderError as error:
-        _print({"imported": 0, "error": str(error)})
+        print_json({"imported": 0, "error": str(error)})
         return 1
     if rejections:
-        _print(
+        print_json(
             {
                 "imported": 0,
                 "valid": len(rows),
@@ -98,9 +94,9 @@ async def import_command(settings: Settings, text: str) -> int:
             }
         )
         return 1
-    async with connected(settings) as database:
+    async with ready_database(settings) as database:
         created, updated = await import_rows(database, rows=rows)
-    _print(
+    print_json(
         {
             "imported": len(rows),
             "created": created,

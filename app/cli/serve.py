@@ -13,7 +13,13 @@ from typing import Any
 import uvicorn
 
 from app.logs import configure_logging, get_logger
-from app.settings import Settings, load_settings
+from app.middleware import MAX_HEADER_BYTES
+from app.settings import (
+    Settings,
+    configuration_summary,
+    configuration_warnings,
+    load_settings,
+)
 
 log = get_logger(__name__)
 
@@ -40,12 +46,19 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         # (uvicorn's default is 5): a worker still importing the app on a busy or cold machine
         # was killed and respawned in a loop, so it never started.
         "timeout_worker_healthcheck": 30,
+        # With h11 (uvicorn's pure-Python parser) a request's headers may fill this much before
+        # it is refused; app.middleware refuses more than MAX_HEADER_BYTES with 431. httptools,
+        # used when installed, has no such bound: README, "Deploy".
+        "h11_max_incomplete_event_size": MAX_HEADER_BYTES + 8 * 1024,
     }
 
 
 def run(args: argparse.Namespace) -> int:
     settings = load_settings()
     configure_logging(settings.log_level)
+    log.info("configuration", **configuration_summary(settings))
+    for problem in configuration_warnings(settings):
+        log.warning("configuration_warning", problem=problem)
     if settings.secret_key is None:
         # Workers must share the key that signs pagination cursors, so the parent picks one.
         os.environ["SECRET_KEY"] = secrets.token_urlsafe(32)
@@ -72,6 +85,8 @@ def _prepare_metrics_directory(configured: str | None, *, workers: int) -> str |
         # previous run's files would otherwise be summed into this run's counters.
         directory = Path(configured)
         directory.mkdir(parents=True, exist_ok=True)
+        # prometheus_client reads the process environment, not .env: hand the setting on.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = configured
         for stale in directory.glob("*.db"):
             stale.unlink()
         return None

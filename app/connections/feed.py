@@ -28,7 +28,7 @@ from enum import StrEnum
 from functools import lru_cache
 from typing import Any
 
-from app.connections.model import Connection, ConnectionStatus
+from app.connections.model import ATTRIBUTION_FIELDS, Connection, ConnectionStatus
 from app.connections.public import connection_json
 from app.db.database import Database, Statement, sql
 from app.db.database import Transaction as Tx
@@ -54,25 +54,12 @@ class EventType(StrEnum):
     SYNC_FAILED = "connection.sync_failed"
 
 
-# History actions that set or change the owner (reconcile's "tags", the import's
-# "attribution", the API's owner and tag writes).
-OWNER_ACTIONS = frozenset({"tags", "attribution", "owner", "update"})
-# History actions that change a connection's configuration or metadata (the API's writes and
-# refreshes from Nango).
-METADATA_ACTIONS = frozenset(
-    {
-        "metadata",
-        "config",
-        "connection_config",
-        "refresh_config",
-        # app.connections.details and reconcile: fetched or written through Nango
-        "details",
-        "metadata_merge",
-        "metadata_replace",
-    }
-)
-# Fields a history row's ``detail.changed`` may name (a refresh from Nango) that are news.
-METADATA_FIELDS = frozenset({"connection_config", "metadata"})
+# History actions that set or change the owner (reconcile's "tags", the import's "attribution").
+OWNER_ACTIONS = frozenset({"tags", "attribution"})
+# Writes of a connection's details or owner (the API's, refreshes from Nango) record what they
+# changed in ``detail.changed``, by field name.
+OWNER_CHANGES = frozenset({*ATTRIBUTION_FIELDS, "owner", "tags"})
+DETAIL_CHANGES = frozenset({"connection_config", "metadata"})
 
 
 def _status_type(from_status: str | None, to_status: str | None) -> list[EventType]:
@@ -90,19 +77,29 @@ def _status_type(from_status: str | None, to_status: str | None) -> list[EventTy
     return [EventType.RECOVERED]
 
 
+def _changed_types(row: Mapping[str, Any], changed: Sequence[str]) -> list[EventType]:
+    types = _status_type(row["from_status"], row["to_status"]) if row["from_status"] else []
+    if OWNER_CHANGES.intersection(changed):
+        types.append(EventType.ATTRIBUTED)
+    if DETAIL_CHANGES.intersection(changed):
+        types.append(EventType.METADATA_UPDATED)
+    return types
+
+
 def event_types(row: Mapping[str, Any]) -> list[EventType]:
     """What one history row means to a consumer: no event, one, or (rarely) two."""
     action = row["action"]
     if action == "sync":
         return [] if row["success"] is not False else [EventType.SYNC_FAILED]
+    detail = row.get("detail")
+    changed = detail.get("changed") if isinstance(detail, Mapping) else None
+    if isinstance(changed, list):
+        return _changed_types(row, changed)
     types = _status_type(row["from_status"], row["to_status"])
     # A new connection's owner is part of its creation, not news of its own.
     created = row["from_status"] is None and bool(types)
     if not created and (row.get(OWNER_CHANGED) or action in OWNER_ACTIONS):
         types.append(EventType.ATTRIBUTED)
-    changed = row["detail"].get("changed") if isinstance(row.get("detail"), Mapping) else None
-    if action in METADATA_ACTIONS or METADATA_FIELDS.intersection(changed or ()):
-        types.append(EventType.METADATA_UPDATED)
     return types
 
 

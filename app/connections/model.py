@@ -146,6 +146,14 @@ class Attribution:
     organization_display_name: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def tags_with_owner(self) -> dict[str, str]:
+        """The tags, with the owner fields among them under their tag names (``end_user_id``...,
+        Nango's own convention): a tag filter then finds a connection whatever it came from
+        (a webhook with only the deprecated ``endUser``, a CSV import, reconciliation)."""
+        owner = {name: value for name in ATTRIBUTION_FIELDS if (value := getattr(self, name))}
+        return {**self.tags, **owner}
+
     @classmethod
     def from_nango(cls, *, tags: object, end_user: object) -> Attribution:
         """Tags first (the current API), then the deprecated ``endUser``/``end_user`` object."""

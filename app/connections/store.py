@@ -145,7 +145,7 @@ def new_connection_values(
         "end_user_display_name": owner.end_user_display_name,
         "organization_id": owner.organization_id,
         "organization_display_name": owner.organization_display_name,
-        "tags": owner.tags,
+        "tags": owner.tags_with_owner,
         "status": str(status),
         "error_type": error_type if broken else None,
         "error_description": error_description if broken else None,
@@ -216,7 +216,7 @@ def owner_changes(connection: Connection, attribution: Attribution) -> dict[str,
         for name in ATTRIBUTION_FIELDS
         if (value := getattr(attribution, name)) is not None and getattr(connection, name) != value
     }
-    merged = {**connection.tags, **attribution.tags}
+    merged = {**connection.tags, **attribution.tags_with_owner}
     if merged != connection.tags:
         changes["tags"] = merged
     return changes

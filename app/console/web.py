@@ -53,7 +53,8 @@ async def read_form(request: Request) -> Form:
     content_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
     if content_type != "application/x-www-form-urlencoded":
         return {}  # no form, so no CSRF token: refused as such
-    raw = await read_limited(request, MAX_FORM_BYTES)
+    timeout = app_state(request).settings.request_body_timeout_seconds
+    raw = await read_limited(request, MAX_FORM_BYTES, seconds=timeout)
     try:
         pairs = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
     except UnicodeDecodeError:

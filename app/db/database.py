@@ -30,11 +30,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import select
 import sqlite3
+import time
+import urllib.parse
 from collections.abc import AsyncIterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any, Protocol, TypeVar
@@ -57,6 +61,23 @@ _PARAMETER = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 
 class DatabaseTimeout(Exception):
     """No connection (or, on SQLite, no turn to write) within ``DATABASE_POOL_TIMEOUT_SECONDS``."""
+
+
+class QueryTimeout(DatabaseTimeout):
+    """A statement ran past ``DATABASE_STATEMENT_TIMEOUT_SECONDS`` and was cut off (on Postgres
+    the server raises ``QueryCanceled`` instead)."""
+
+
+class QueryTooComplex(Exception):
+    """SQLite refused a statement for its size (too many terms, variables or nesting): the
+    request asked for too much, the database is fine."""
+
+
+# Set for the work of an API request (app.middleware): it is bounded apart from the rest, so
+# that lookups can never take every pooled connection from the webhook receiver.
+API_WORK: ContextVar[bool] = ContextVar("api_work", default=False)
+# Connections the webhook receiver (and background work) can always get on Postgres.
+RESERVED_CONNECTIONS = 2
 
 
 def is_missing_table(error: BaseException) -> bool:
@@ -132,18 +153,23 @@ class Database(Protocol):
 SQLITE_READERS = 2
 
 
-def create_database(settings: Settings) -> Database:
+def create_database(settings: Settings, *, bounded: bool = False) -> Database:
+    """The database; ``bounded``: every statement is cut off after
+    ``DATABASE_STATEMENT_TIMEOUT_SECONDS`` (the service; commands run unbounded)."""
+    statement_timeout = settings.database_statement_timeout_seconds if bounded else None
     if settings.is_sqlite:
         return SqliteDatabase(
             sqlite_path(settings.database_url),
             readers=SQLITE_READERS,
             timeout=settings.database_pool_timeout_seconds,
+            statement_timeout=statement_timeout,
         )
     return PostgresDatabase(
         postgres_conninfo(settings.database_url),
         min_size=settings.database_pool_size,
         max_size=settings.database_pool_size + settings.database_max_overflow,
         timeout=settings.database_pool_timeout_seconds,
+        statement_timeout=statement_timeout,
     )
 
 
@@ -199,9 +225,11 @@ def _is_dead(connection: psycopg.AsyncConnection[Row]) -> bool:
 
 
 class _Reachability:
-    """Whether the last attempt to open a connection failed: the database is down."""
+    """Whether the last attempt to open a connection failed: the database is down, and why
+    (a pool that times out later says only that it timed out)."""
 
     down = False
+    error: psycopg.OperationalError | None = None
 
 
 def _connection_class(reachability: _Reachability) -> type[psycopg.AsyncConnection[Row]]:
@@ -212,10 +240,12 @@ def _connection_class(reachability: _Reachability) -> type[psycopg.AsyncConnecti
         ) -> Connection:
             try:
                 connection = await super().connect(*args, **kwargs)
-            except psycopg.OperationalError:
+            except psycopg.OperationalError as error:
                 reachability.down = True
+                reachability.error = error
                 raise
             reachability.down = False
+            reachability.error = None
             return connection
 
     return Connection
@@ -224,10 +254,26 @@ def _connection_class(reachability: _Reachability) -> type[psycopg.AsyncConnecti
 class PostgresDatabase:
     dialect = "postgresql"
 
-    def __init__(self, conninfo: str, *, min_size: int, max_size: int, timeout: float) -> None:
+    def __init__(
+        self,
+        conninfo: str,
+        *,
+        min_size: int,
+        max_size: int,
+        timeout: float,
+        statement_timeout: float | None = None,
+    ) -> None:
         self._max_size = max_size
+        self._timeout = timeout
         self._purging: asyncio.Task[None] | None = None
         self._reachability = _Reachability()
+        # API work holds at most this many connections at once; the rest stay free for the
+        # webhook receiver, whatever a flood of lookups does (issue 13).
+        self.api_slots = asyncio.Semaphore(max(1, max_size - RESERVED_CONNECTIONS))
+        options = "-c timezone=UTC"
+        if statement_timeout is not None:
+            # Set once per connection, not per transaction: no round trip on any request.
+            options += f" -c statement_timeout={round(statement_timeout * 1000)}"
         # While the database is down a request waits this long for a connection, not the whole
         # pool timeout: a fast 503 is what a webhook sender can act on (it retries 5xx).
         self._down_timeout = min(timeout, 0.5)
@@ -244,7 +290,7 @@ class PostgresDatabase:
                 "autocommit": True,
                 "connect_timeout": 5,
                 "application_name": "nango-registry",
-                "options": "-c timezone=UTC",
+                "options": options,
             },
             configure=_configure,
             # After an outage psycopg retries each lost connection with a doubling delay; giving
@@ -258,6 +304,11 @@ class PostgresDatabase:
         # Does not wait for the database: the service starts (and /readyz says why it is not
         # ready) while Postgres is still coming up.
         await self.pool.open(wait=False)
+
+    @property
+    def connect_error(self) -> psycopg.OperationalError | None:
+        """Why the last attempt to connect failed, while the database is unreachable."""
+        return self._reachability.error
 
     async def close(self) -> None:
         if self._purging is not None:
@@ -298,21 +349,50 @@ class _PostgresUnit:
     more on a fresh connection instead of failing the request.
     """
 
-    __slots__ = ("_connection", "_cursor", "_database", "_fresh", "_write")
+    __slots__ = ("_connection", "_cursor", "_database", "_fresh", "_slot", "_write")
 
     def __init__(self, database: PostgresDatabase, *, write: bool) -> None:
         self._database = database
         self._write = write
 
     async def __aenter__(self) -> Transaction:
-        await self._take()
+        self._slot = await self._api_slot()
+        try:
+            await self._take()
+        except BaseException:
+            self._release_slot()
+            raise
         if self._write:
             try:
                 await self._first(b"BEGIN", None, prepare=False)
             except BaseException:
-                await self._database.pool.putconn(self._connection)
+                await self._give_back()
                 raise
         return self
+
+    async def _api_slot(self) -> asyncio.Semaphore | None:
+        if not API_WORK.get():
+            return None
+        slots = self._database.api_slots
+        if slots.locked():
+            try:
+                async with asyncio.timeout(self._database._timeout):
+                    await slots.acquire()
+            except TimeoutError:
+                raise DatabaseTimeout("timed out waiting for a connection for API work") from None
+        else:
+            await slots.acquire()
+        return slots
+
+    def _release_slot(self) -> None:
+        if self._slot is not None:
+            self._slot.release()
+
+    async def _give_back(self) -> None:
+        try:
+            await self._database.pool.putconn(self._connection)
+        finally:
+            self._release_slot()
 
     async def _take(self) -> None:
         self._connection = await self._database._take()
@@ -363,7 +443,7 @@ class _PostgresUnit:
                     with contextlib.suppress(psycopg.Error):
                         await self._cursor.execute(b"ROLLBACK", prepare=False)
             finally:
-                await self._database.pool.putconn(self._connection)
+                await self._give_back()
 
 
 # SQLite -------------------------------------------------------------------------------------
@@ -395,34 +475,116 @@ sqlite3.register_converter("BOOLEAN", lambda value: value != b"0")
 sqlite3.register_converter("JSON", pydantic_core.from_json)
 
 
-class _SqliteConnection:
-    """A ``sqlite3`` connection and the one thread that runs its statements."""
+def _sqlite_uri(path: str) -> str:
+    """The file opened read-write but never created: only ``migrate`` (Alembic) creates it, so
+    a command run from the wrong directory fails clearly instead of making an empty database."""
+    if path == ":memory:":
+        return "file::memory:"
+    return f"file:{urllib.parse.quote(path)}?mode=rw"
 
-    def __init__(self, path: str) -> None:
+
+# SQLite calls the progress handler every this many virtual-machine instructions (about 0.1 ms
+# of work): often enough to stop a runaway statement at once, rarely enough to cost nothing.
+_PROGRESS_STEPS = 10_000
+
+# What SQLite says when a statement is too large to run, rather than the database failing.
+_TOO_COMPLEX = (
+    "too many sql variables",
+    "expression tree is too large",
+    "parser stack overflow",
+    "too many terms",
+    "too many columns",
+    "pattern too complex",
+    "string or blob too big",
+)
+
+
+class _Call:
+    """One trip to a connection's thread: when it must stop, and whether its caller left."""
+
+    __slots__ = ("abandoned", "deadline")
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.abandoned = False
+
+    def stop(self) -> bool:
+        """SQLite's progress handler: a true value interrupts the running statement."""
+        return self.abandoned or time.monotonic() > self.deadline
+
+
+class _SqliteConnection:
+    """A ``sqlite3`` connection and the one thread that runs its statements.
+
+    Statements run on that thread, never on the event loop, and each trip there is bounded:
+    past ``statement_timeout`` (or once its caller is cancelled, a client gone) SQLite's
+    progress handler interrupts it, as Postgres's statement_timeout and cancel do.
+    """
+
+    def __init__(self, path: str, statement_timeout: float | None = None) -> None:
         self._path = path
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._connection: sqlite3.Connection | None = None
+        self._statement_timeout = statement_timeout if statement_timeout is not None else 1e9
+        self._call: _Call | None = None
 
     async def run(self, function: Any, *args: Any) -> Any:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, partial(function, *args))
+        call = _Call(time.monotonic() + self._statement_timeout)
+        try:
+            return await loop.run_in_executor(
+                self._thread, partial(self._bounded, call, function, *args)
+            )
+        except asyncio.CancelledError:
+            # The thread would run on: its statement stops at the next progress check, and
+            # the connection's next trip (its one thread) waits for that.
+            call.abandoned = True
+            raise
+
+    def _bounded(self, call: _Call, function: Any, *args: Any) -> Any:
+        self._call = call
+        try:
+            return function(*args)
+        except sqlite3.OperationalError as error:
+            message = str(error).lower()
+            if message == "interrupted" and not call.abandoned:
+                raise QueryTimeout("the statement ran past its time limit") from None
+            if any(part in message for part in _TOO_COMPLEX):
+                raise QueryTooComplex(str(error)) from None
+            raise
+        finally:
+            self._call = None
+
+    def _progress(self) -> int:
+        call = self._call
+        return 1 if call is not None and call.stop() else 0
 
     async def open(self) -> None:
         self._connection = await self.run(self._connect)
 
     def _connect(self) -> sqlite3.Connection:
-        connection = sqlite3.connect(
-            self._path,
-            detect_types=sqlite3.PARSE_DECLTYPES,
-            # Transactions are begun and ended explicitly (BEGIN IMMEDIATE / COMMIT).
-            isolation_level=None,
-            check_same_thread=False,
-            timeout=30,
-        )
+        try:
+            connection = sqlite3.connect(
+                _sqlite_uri(self._path),
+                uri=True,
+                detect_types=sqlite3.PARSE_DECLTYPES,
+                # Transactions are begun and ended explicitly (BEGIN IMMEDIATE / COMMIT).
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=30,
+            )
+        except sqlite3.OperationalError as error:
+            if self._path != ":memory:" and not os.path.exists(self._path):
+                raise sqlite3.OperationalError(
+                    f'database file "{os.path.abspath(self._path)}" does not exist:'
+                    " run nango-registry migrate (or check DATABASE_URL)"
+                ) from error
+            raise
         connection.execute("PRAGMA journal_mode=WAL")
         connection.execute("PRAGMA synchronous=NORMAL")
         connection.execute("PRAGMA foreign_keys=ON")
         connection.execute("PRAGMA busy_timeout=30000")
+        connection.set_progress_handler(self._progress, _PROGRESS_STEPS)
         return connection
 
     @property
@@ -503,10 +665,13 @@ class _SqliteTransaction:
 class SqliteDatabase:
     dialect = "sqlite"
 
-    def __init__(self, path: str, *, readers: int, timeout: float) -> None:
+    def __init__(
+        self, path: str, *, readers: int, timeout: float, statement_timeout: float | None = None
+    ) -> None:
         self.path = path
         self._max_readers = max(1, readers)
         self._timeout = timeout
+        self._statement_timeout = statement_timeout
         self._writer: _SqliteConnection | None = None
         self._write_lock = asyncio.Lock()
         self._idle: asyncio.LifoQueue[_SqliteConnection] = asyncio.LifoQueue()
@@ -525,7 +690,7 @@ class SqliteDatabase:
         self._readers = 0
 
     async def _connect(self) -> _SqliteConnection:
-        connection = _SqliteConnection(self.path)
+        connection = _SqliteConnection(self.path, self._statement_timeout)
         try:
             await connection.open()
         except BaseException:

@@ -92,6 +92,9 @@ class IngestResult:
 class Stored:
     delivery_id: int
     duplicate: bool  # the same body was stored within the dedupe window: this is that one
+    # The same body came before, outside the window (Nango's repeat, or a captured body
+    # replayed): it may fill in attribution, never change it (app.webhooks.rules).
+    repeated: bool = False
 
 
 async def record_delivery(
@@ -127,10 +130,11 @@ async def record_delivery(
     }
     # Bounded: each turn either inserts, finds a duplicate, or archives a stale row that a
     # concurrent request had not archived yet.
+    repeated = False
     for _ in range(5):
         inserted = await tx.fetchone(INSERT_DELIVERY, values)
         if inserted is not None:
-            return Stored(int(inserted[0]), duplicate=False)
+            return Stored(int(inserted[0]), duplicate=False, repeated=repeated)
         existing = await tx.fetchone(FIND_BY_KEY, {"key": key})
         if existing is None:
             continue
@@ -141,6 +145,7 @@ async def record_delivery(
         await tx.execute(
             ARCHIVE_KEY, {"archived": f"{key}#{existing_id}", "id": existing_id, "key": key}
         )
+        repeated = True
     raise RuntimeError("could not store the delivery after repeated dedupe conflicts")
 
 
@@ -206,6 +211,7 @@ async def ingest(
             payload=payload,
             envelope=envelope,
             default_environment=default_environment,
+            repeated=stored.repeated,
         )
         if outcome != expected:
             await tx.execute(SET_OUTCOME, {"outcome": str(outcome), "id": delivery_id})

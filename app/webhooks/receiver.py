@@ -15,6 +15,7 @@ from starlette.routing import Route
 from app.api.openapi import operation
 from app.api.shapes import WebhookAnswer
 from app.bodies import read_limited
+from app.db.readiness import describe_error, underlying_error
 from app.errors import (
     DRIVER_ERRORS,
     INVALID_BODY,
@@ -22,7 +23,9 @@ from app.errors import (
     NOT_CONFIGURED,
     RETRY_AFTER_SECONDS,
     STORAGE_UNAVAILABLE,
+    WEBHOOK_BODY_TIMEOUT,
     BadRequest,
+    RequestTimeout,
     ServiceUnavailable,
     Unauthorized,
 )
@@ -47,6 +50,15 @@ log = get_logger(__name__)
 
 # Whatever keeps a delivery from being committed; see _store.
 STORAGE_ERRORS: tuple[type[Exception], ...] = (*DRIVER_ERRORS, OSError, TimeoutError)
+
+# Nango's four types (docs/nango.md, section 4). A metric label takes no other value: a new or
+# forged type is counted as "other", not as a series chosen by whoever holds the signing key.
+KNOWN_TYPES = frozenset({"auth", "sync", "forward", "async_action"})
+
+
+def metric_type(webhook_type: str) -> str:
+    return webhook_type if webhook_type in KNOWN_TYPES else "other"
+
 
 SIGNATURE_HEADERS = (
     {
@@ -84,11 +96,14 @@ async def receive_webhook(request: Request) -> JSONResponse:
             code=NOT_CONFIGURED,
             headers={"Retry-After": "60"},
         )
-    body = await read_limited(request, settings.webhook_max_body_bytes)
+    body = await _read_body(request, settings)
     payload, envelope = _verify(request, settings, body)
     result = await _store(request, settings, body, payload, envelope)
     _fetch_details_later(request, envelope, result)
-    WEBHOOK_DELIVERIES.labels(type=envelope.webhook_type, outcome=result.outcome).inc()
+    if result.outcome == DeliveryOutcome.APPLIED:
+        # Committed: this process's streams and long polls need not wait for their next look.
+        app_state(request).feed_signal.poke()
+    WEBHOOK_DELIVERIES.labels(type=metric_type(envelope.webhook_type), outcome=result.outcome).inc()
     # The request's access line says what came in and what became of it (app.middleware).
     log_fields(request.scope).update(
         type=envelope.webhook_type,
@@ -101,6 +116,21 @@ async def receive_webhook(request: Request) -> JSONResponse:
         delivery_id=result.delivery_id,
     )
     return JSONResponse({"status": result.outcome, "delivery_id": result.delivery_id})
+
+
+async def _read_body(request: Request, settings: Settings) -> bytes:
+    try:
+        return await read_limited(
+            request, settings.webhook_max_body_bytes, seconds=settings.request_body_timeout_seconds
+        )
+    except RequestTimeout as error:
+        # A body cut short may be Nango's on a bad network: 503 so that it sends it again (a
+        # 4xx would lose the webhook for good).
+        raise ServiceUnavailable(
+            error.message,
+            code=WEBHOOK_BODY_TIMEOUT,
+            headers={**error.headers, "Retry-After": RETRY_AFTER_SECONDS},
+        ) from None
 
 
 def _verify(request: Request, settings: Settings, body: bytes) -> tuple[Any, Envelope]:
@@ -160,7 +190,8 @@ async def _store(
         # Wider than the app-wide database handler on purpose: whatever kept this delivery from
         # being committed, Nango must retry it, so the answer is 503, never a 4xx or a 200.
         DATABASE_ERRORS.labels(operation="webhook").inc()
-        log.error("webhook_not_stored", error_type=type(error).__name__)
+        cause = describe_error(underlying_error(app_state(request).database, error))
+        log.error("webhook_not_stored", error_type=type(error).__name__, cause=cause)
         raise ServiceUnavailable(
             "the delivery could not be stored; retry later",
             code=STORAGE_UNAVAILABLE,

@@ -11,18 +11,21 @@ Rules (Nango sends no timestamps and no ordering, so they must hold in any order
                     never seen, so a creation that arrives later cannot resurrect it.
 - A deleted connection is final for webhooks: later events are recorded in its history only.
 - An event for a connection never seen creates it from what the body carries.
-- Attribution is merged and never erased (see ``app.connections.store``).
+- Attribution is merged and never erased (see ``app.connections.store``). A body seen before,
+  outside the dedupe window (a repeat, or a captured body replayed), only fills in what the
+  connection lacks: it cannot change an owner back (README, "Replays of captured bodies").
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 from app.connections import store
 from app.connections.model import (
+    ATTRIBUTION_FIELDS,
     COLUMNS,
     Attribution,
     Connection,
@@ -91,7 +94,9 @@ async def apply_delivery(
     payload: Any,
     envelope: Envelope,
     default_environment: str,
+    repeated: bool = False,
 ) -> DeliveryOutcome:
+    """``repeated``: the same body was applied before (see the rules above)."""
     if not isinstance(payload, Mapping):
         return DeliveryOutcome.RECORDED
     if envelope.webhook_type == "auth":
@@ -101,6 +106,7 @@ async def apply_delivery(
             payload=payload,
             envelope=envelope,
             default_environment=default_environment,
+            repeated=repeated,
         )
     if envelope.webhook_type == "sync":
         return await record_sync_result(
@@ -184,6 +190,7 @@ async def apply_auth_event(
     payload: Mapping[str, Any],
     envelope: Envelope,
     default_environment: str,
+    repeated: bool = False,
 ) -> DeliveryOutcome:
     event = read_auth_event(
         payload, envelope, delivery_id=delivery_id, default_environment=default_environment
@@ -195,8 +202,21 @@ async def apply_auth_event(
         # Inserted with its owner, tags, status and error: nothing left to write but history.
         await store.record_history(tx, [_history(event, connection, None, event.target)])
     else:
+        if repeated:
+            event = replace(event, attribution=_missing_only(event.attribution, connection))
         await _apply_to_known(tx, event, connection)
     return DeliveryOutcome.APPLIED
+
+
+def _missing_only(attribution: Attribution, connection: Connection) -> Attribution:
+    """What ``attribution`` says that ``connection`` does not know yet, and nothing else."""
+    owner = {
+        name: getattr(attribution, name)
+        for name in ATTRIBUTION_FIELDS
+        if getattr(connection, name) is None
+    }
+    tags = {key: value for key, value in attribution.tags.items() if key not in connection.tags}
+    return Attribution(**owner, tags=tags)
 
 
 def _history(

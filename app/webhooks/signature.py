@@ -26,6 +26,7 @@ class Refusal(StrEnum):
     )
     MISMATCH = "mismatch"  # well formed, but no configured key signed this body
     ENVIRONMENT = "environment"  # the key that signed it is bound to another environment
+    DUPLICATE = "duplicate_header"  # a signature header given twice (app.middleware, a 400)
 
 
 def _normalise(header: bytes) -> bytes:

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, insert
+from sqlalchemy import Engine, insert, update
 from sqlmodel import SQLModel
 from starlette.testclient import TestClient
 
 import app.db.tables  # noqa: F401  (registers the tables on the metadata)
 from app.api.keys import hash_key
 from tests.fakes.nango import FakeNango
+from tests.webhooks.helpers import auth_body, signed_headers
 
 API_KEYS = SQLModel.metadata.tables["api_keys"]
+SESSIONS = SQLModel.metadata.tables["connect_sessions"]
 
 
 def test_connect_session_sends_tags_and_answers_201(
@@ -34,7 +38,7 @@ def test_connect_session_sends_tags_and_answers_201(
     )
     assert response.status_code == 201, response.text
     session = response.json()
-    assert set(session) == {"token", "connect_link", "expires_at"}
+    assert set(session) == {"token", "connect_link", "expires_at", "session_id"}
     assert session["token"] in fake_nango.sessions
     [sent] = fake_nango.requests_to("POST", "/connect/sessions")
     assert sent.body == {
@@ -43,6 +47,7 @@ def test_connect_session_sends_tags_and_answers_201(
             "end_user_email": "ada@example.com",
             "organization_id": "org-7",
             "team": "platform",
+            "connect_session_id": session["session_id"],
         },
         "allowed_integrations": ["github", "slack"],
     }
@@ -73,11 +78,12 @@ def test_connect_session_sends_tags_and_answers_201(
         ({"end_user_id": "u", "end_user_email": "ad\u00e9@x.io"}, "end_user_email"),  # not ASCII
         ({"end_user_id": "u", "end_user_email": "a..b@x.io"}, "end_user_email"),
         ({"end_user_id": "u", "tags": {"Team": "a", "team": "b"}}, "tags"),  # collide lowercased
+        ({"end_user_id": "u", "tags": {"Connect_Session_ID": "mine"}}, "tags"),  # ours to set
         (
             {
                 "end_user_id": "u",
                 "organization_id": "o",
-                "tags": {f"t{i}": "v" for i in range(9)},
+                "tags": {f"t{i}": "v" for i in range(8)},
             },
             "body",
         ),
@@ -101,7 +107,8 @@ def test_connect_session_invalid_input_is_400_before_nango(
 def test_ten_tags_in_all_are_accepted(
     api: TestClient, auth_headers: dict[str, str], fake_nango: FakeNango
 ) -> None:
-    body = {"end_user_id": "u", "organization_id": "o", "tags": {f"t{i}": "v" for i in range(8)}}
+    # Nine of the caller's, and the session's own.
+    body = {"end_user_id": "u", "organization_id": "o", "tags": {f"t{i}": "v" for i in range(7)}}
     response = api.post("/v1/connect-sessions", headers=auth_headers, json=body)
     assert response.status_code == 201, response.text
     assert len(fake_nango.requests[0].body["tags"]) == 10
@@ -222,3 +229,79 @@ def test_no_nango_secret_is_503(make_client: Any, auth_headers: dict[str, str]) 
     error = response.json()["error"]
     assert error["code"] == "nango_not_configured"
     assert "NANGO_SECRET_KEY" in error["message"]
+
+
+# The session's outcome ----------------------------------------------------------------------
+
+
+def open_session(api: TestClient, headers: dict[str, str]) -> dict[str, Any]:
+    response = api.post("/v1/connect-sessions", headers=headers, json={"end_user_id": "u1"})
+    assert response.status_code == 201, response.text
+    session: dict[str, Any] = response.json()
+    return session
+
+
+def outcome(api: TestClient, headers: dict[str, str], session_id: str, wait: int = 0) -> Any:
+    response = api.get(f"/v1/connect-sessions/{session_id}", params={"wait": wait}, headers=headers)
+    assert response.status_code == 200, response.text
+    return response.json()["data"]
+
+
+def finish(api: TestClient, fake_nango: FakeNango, token: str) -> None:
+    """The user completes the Connect UI; Nango sends the creation webhook with the tags."""
+    connection = fake_nango.complete_session(token)
+    body = auth_body(connection_id=connection.connection_id, tags=connection.tags)
+    assert api.post("/webhooks/nango", content=body, headers=signed_headers(body)).is_success
+
+
+def test_a_session_is_pending_then_connected(
+    api: TestClient, auth_headers: dict[str, str], fake_nango: FakeNango
+) -> None:
+    session = open_session(api, auth_headers)
+    assert session["session_id"].startswith("cs_")
+    assert outcome(api, auth_headers, session["session_id"]) == {
+        "status": "pending",
+        "connection": None,
+    }
+    finish(api, fake_nango, session["token"])
+    done = outcome(api, auth_headers, session["session_id"])
+    assert done["status"] == "connected"
+    assert done["connection"]["end_user"]["id"] == "u1"
+    assert done["connection"]["tags"]["connect_session_id"] == session["session_id"]
+
+
+def test_the_long_poll_returns_within_a_second_of_the_webhook(
+    api: TestClient, auth_headers: dict[str, str], fake_nango: FakeNango
+) -> None:
+    session = open_session(api, auth_headers)
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(outcome, api, auth_headers, session["session_id"], 20)
+        time.sleep(0.5)
+        assert not waiting.done()
+        finish(api, fake_nango, session["token"])
+        sent = time.monotonic()
+        answer = waiting.result(timeout=5)
+        assert time.monotonic() - sent < 1.0
+    assert answer["status"] == "connected"
+
+
+def test_a_long_poll_with_nothing_to_report_answers_pending_after_wait(
+    make_client: Any, auth_headers: dict[str, str]
+) -> None:
+    api = make_client(feed_poll_interval_seconds=0.2)
+    session = open_session(api, auth_headers)
+    started = time.monotonic()
+    assert outcome(api, auth_headers, session["session_id"], wait=1)["status"] == "pending"
+    assert 0.9 < time.monotonic() - started < 5
+
+
+def test_an_expired_session_and_an_unknown_one(
+    api: TestClient, auth_headers: dict[str, str], sync_engine: Engine
+) -> None:
+    session = open_session(api, auth_headers)
+    with sync_engine.begin() as conn:
+        conn.execute(update(SESSIONS).values(expires_at=datetime(2026, 1, 1, tzinfo=UTC)))
+    assert outcome(api, auth_headers, session["session_id"], wait=5)["status"] == "expired"
+    response = api.get("/v1/connect-sessions/cs_nope", headers=auth_headers)
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "connect_session_not_found"

@@ -130,7 +130,7 @@ def serve(
 
 def _wait_until_serving(server: Server, workers: int) -> None:
     """Until /healthz answers and every worker has started (one can answer before the other)."""
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
             pytest.fail(f"serve exited with {server.process.returncode}:\n{server.output()}")
@@ -141,7 +141,7 @@ def _wait_until_serving(server: Server, workers: int) -> None:
         except OSError:
             pass
         time.sleep(0.1)
-    pytest.fail(f"serve did not answer /healthz within 30 s:\n{server.output()}")
+    pytest.fail(f"serve did not answer /healthz within 60 s:\n{server.output()}")
 
 
 @dataclass
@@ -349,3 +349,56 @@ def test_a_stalled_request_cannot_hold_shutdown_past_the_grace_period(
         output = server.output()
     assert grace <= elapsed < grace + 5, output
     assert hashlib.sha256(stalled.body).hexdigest() not in _stored_dedupe_keys(sync_engine)
+
+
+def test_start_up_says_what_is_configured_and_what_will_fail(
+    tmp_path: Path, database_url: str
+) -> None:
+    """Issue 14, point 5: one summary line, and a warning for each sure failure."""
+    with serve(
+        tmp_path, database_url, NANGO_WEBHOOK_SIGNING_KEYS=",", SECRET_KEY="short"
+    ) as server:
+        server.terminate_and_wait()
+    lines = [json.loads(line) for line in server.output().splitlines() if line.startswith("{")]
+    (summary,) = [line for line in lines if line["event"] == "configuration"]
+    assert summary["signing_key_environments"] == []
+    assert summary["api_keys_configured"] == 1
+    problems = [line["problem"] for line in lines if line["event"] == "configuration_warning"]
+    assert [problem.split(" ")[0] for problem in problems] == [
+        "NANGO_WEBHOOK_SIGNING_KEYS",
+        "NANGO_WEBHOOK_SIGNING_KEYS",
+        "SECRET_KEY",
+    ]
+    assert [line["event"] for line in lines].count("database_ready") == 1
+
+
+def test_make_run_and_serve_take_port_from_dotenv(tmp_path: Path, database_url: str) -> None:
+    """Issue 14, point 3: nothing on make run's command line overrides the settings."""
+    makefile = (Path(__file__).resolve().parents[2] / "Makefile").read_text(encoding="utf-8")
+    recipe = makefile.split("\nrun:", 1)[1].split("\n\n", 1)[0].splitlines()[1:]
+    (serve_line,) = [line for line in recipe if "nango-registry serve" in line]
+    assert serve_line.split("#")[0].split() == ["$(BIN)/nango-registry", "serve"]
+    port = free_port()
+    (tmp_path / ".env").write_text(
+        f"PORT={port}\nDATABASE_URL={database_url}\nLOG_LEVEL=WARNING\n", encoding="utf-8"
+    )
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path), "LANG": "C.UTF-8"}
+    command = Path(sys.executable).with_name("nango-registry")
+    process = subprocess.Popen(
+        [str(command), "serve"], cwd=tmp_path, env=env, stderr=subprocess.PIPE
+    )
+    try:
+        server = Server(process=process, port=port, log=tmp_path / "unused.log")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                assert server.request("GET", "/readyz", timeout=1)[0] == 200
+                break
+            except OSError:
+                assert process.poll() is None
+                time.sleep(0.2)
+        else:
+            pytest.fail("serve did not bind PORT from .env")
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

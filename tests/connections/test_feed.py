@@ -49,8 +49,31 @@ def post(client: TestClient, body: bytes) -> str:
         ({"action": "tags", "from_status": None, "to_status": None}, [ATTRIBUTED]),
         ({"action": "attribution", "from_status": None, "to_status": None}, [ATTRIBUTED]),
         (
-            {"action": "metadata", "from_status": None, "to_status": None},
+            {
+                "action": "metadata_merge",
+                "from_status": None,
+                "to_status": "active",
+                "detail": {"changed": ["metadata"]},
+            },
             ["connection.metadata_updated"],
+        ),
+        (
+            {
+                "action": "refresh",
+                "from_status": "auth_error",
+                "to_status": "active",
+                "detail": {"changed": ["owner", "connection_config"]},
+            },
+            [RECOVERED, ATTRIBUTED, "connection.metadata_updated"],
+        ),
+        (
+            {
+                "action": "update",
+                "from_status": None,
+                "to_status": "active",
+                "detail": {"changed": ["end_user_id"]},
+            },
+            [ATTRIBUTED],
         ),
         ({"action": "creation", "from_status": "active", "to_status": "active"}, []),
         (

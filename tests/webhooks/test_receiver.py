@@ -325,7 +325,7 @@ async def test_the_limit_stops_the_read_instead_of_buffering_the_body() -> None:
     # No Content-Length: only counting while reading can refuse it.
     scope = {"type": "http", "method": "POST", "path": "/webhooks/nango", "headers": []}
     with pytest.raises(PayloadTooLarge):
-        await read_limited(Request(scope, receive), 1024)
+        await read_limited(Request(scope, receive), 1024, seconds=5)
     assert delivered == 3  # 1536 bytes read, then refused: not the 512 000 on offer
 
 

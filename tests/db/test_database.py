@@ -1,0 +1,142 @@
+"""The data layer's bounds: statements cut off in time, cancelled with their caller, refused
+for their size, and API work kept from taking every pooled connection (issue 13, point 1)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import psycopg
+import pytest
+from sqlalchemy import Engine
+
+from app.db.database import (
+    API_WORK,
+    Database,
+    DatabaseTimeout,
+    PostgresDatabase,
+    QueryTimeout,
+    QueryTooComplex,
+    create_database,
+    sql,
+)
+
+NEVER_ENDS = sql(
+    "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT count(*) FROM n",
+    postgres="SELECT pg_sleep(600)",
+)
+ONE = sql("SELECT 1")
+
+
+def _database(make_settings: Any, **overrides: Any) -> Database:
+    return create_database(make_settings(**overrides), bounded=True)
+
+
+async def _run(database: Database, statement: Any, params: Any = None) -> Any:
+    await database.open()
+    try:
+        async with database.reader() as tx:
+            return await tx.fetchall(statement, params)
+    finally:
+        await database.close()
+
+
+def test_a_statement_is_cut_off_at_its_time_limit(make_settings: Any, sync_engine: Engine) -> None:
+    database = _database(make_settings, database_statement_timeout_seconds=0.3)
+    started = time.monotonic()
+    expected = QueryTimeout if database.dialect == "sqlite" else psycopg.errors.QueryCanceled
+    with pytest.raises(expected):
+        asyncio.run(_run(database, NEVER_ENDS))
+    assert time.monotonic() - started < 5
+
+
+def test_commands_run_unbounded(make_settings: Any, sync_engine: Engine) -> None:
+    database = create_database(make_settings(database_statement_timeout_seconds=0.001))
+    assert asyncio.run(_run(database, ONE)) == [(1,)]
+
+
+def test_a_cancelled_statement_stops_and_frees_its_connection(
+    make_settings: Any, sync_engine: Engine
+) -> None:
+    database = _database(make_settings, database_statement_timeout_seconds=60)
+
+    async def scenario() -> list[Any]:
+        await database.open()
+        try:
+
+            async def slow() -> None:
+                async with database.reader() as tx:
+                    await tx.fetchall(NEVER_ENDS)
+
+            task = asyncio.create_task(slow())
+            await asyncio.sleep(0.3)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            # Every reader answers at once: none is left running the abandoned statement.
+            async with asyncio.timeout(5):
+                results = []
+                for _ in range(3):
+                    async with database.reader() as tx:
+                        results.append(await tx.fetchall(ONE))
+            return results
+        finally:
+            await database.close()
+
+    assert asyncio.run(scenario()) == [[(1,)]] * 3
+
+
+def test_a_statement_too_large_for_sqlite_is_refused_for_its_size(
+    make_settings: Any, sync_engine: Engine
+) -> None:
+    database = _database(make_settings)
+    if database.dialect != "sqlite":
+        pytest.skip("Postgres takes an expression 2000 deep")
+    statement = sql("SELECT 1" + " + 1" * 2000)  # an expression tree 2000 deep
+    with pytest.raises(QueryTooComplex):
+        asyncio.run(_run(database, statement))
+
+
+def test_api_work_leaves_connections_to_the_rest(make_settings: Any, sync_engine: Engine) -> None:
+    database = _database(
+        make_settings,
+        database_pool_size=3,
+        database_max_overflow=0,
+        database_pool_timeout_seconds=0.5,
+    )
+    if not isinstance(database, PostgresDatabase):
+        pytest.skip("SQLite's webhooks write on a connection of their own")
+
+    async def scenario() -> None:
+        await database.open()
+        held = asyncio.Event()
+        release = asyncio.Event()
+
+        async def lookup() -> None:
+            API_WORK.set(True)
+            async with database.reader() as tx:
+                await tx.fetchall(ONE)
+                held.set()
+                await release.wait()
+
+        first = asyncio.create_task(lookup())
+        await held.wait()
+        try:
+            # The one API slot (3 connections, 2 kept back) is taken: the next lookup waits,
+            # then gives up with a 503's error...
+            API_WORK.set(True)
+            with pytest.raises(DatabaseTimeout):
+                async with database.reader() as tx:
+                    await tx.fetchall(ONE)
+            # ...while other work gets a connection at once.
+            API_WORK.set(False)
+            async with asyncio.timeout(2):
+                async with database.transaction() as tx:
+                    assert await tx.fetchall(ONE) == [(1,)]
+        finally:
+            release.set()
+            await first
+            await database.close()
+
+    asyncio.run(scenario())
