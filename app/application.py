@@ -16,6 +16,7 @@ from app.api import (
     legacy,
     openapi,
     reconciliation,
+    subscriptions,
 )
 from app.errors import EXCEPTION_HANDLERS
 from app.lifespan import lifespan_for
@@ -31,6 +32,7 @@ ROUTES = [
     *connect_sessions.routes,
     *events.routes,
     *reconciliation.routes,
+    *subscriptions.routes,
     *legacy.routes,
     *probes.routes,
     *openapi.routes,

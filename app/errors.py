@@ -108,6 +108,7 @@ NOT_FOUND = _code(
     "not_found", 404, "no such route (or it is off: metrics disabled, legacy flow not configured)"
 )
 CONNECTION_NOT_FOUND = _code("connection_not_found", 404, "no such connection here")
+SUBSCRIPTION_NOT_FOUND = _code("subscription_not_found", 404, "no such subscription")
 DELIVERY_NOT_FOUND = _code("delivery_not_found", 404, "no such stored delivery")
 KEY_NOT_FOUND = _code("key_not_found", 404, "no stored API key of that name")
 CONNECT_SESSION_NOT_FOUND = _code(
@@ -152,6 +153,11 @@ NOT_CONFIGURED = _code(
     "not_configured", 503, "no webhook signing key is set (`NANGO_WEBHOOK_SIGNING_KEYS`)"
 )
 NANGO_NOT_CONFIGURED = _code("nango_not_configured", 503, "`NANGO_SECRET_KEY` is not set")
+SECRET_KEY_MISSING = _code(
+    "secret_key_missing",
+    503,
+    "`SECRET_KEY` is not set: subscription secrets are derived from it and must survive restarts",
+)
 QUERY_TIMEOUT = _code(
     "query_timeout",
     503,

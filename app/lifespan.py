@@ -1,8 +1,9 @@
 """``lifespan``: opens what the app owns at start-up and closes it at shutdown.
 
-The database, the API keys, the Nango client (the one outbound HTTP client) and the background
-tasks (the reconcile schedule), kept in ``AppState`` (``app.state``), where handlers reach them
-with ``app_state(request)``. Nothing is created per request.
+The database, the API keys, the Nango client (the outbound HTTP client for Nango) and the
+background tasks (the reconcile schedule, the subscriptions dispatcher), kept in ``AppState``
+(``app.state``), where handlers reach them with ``app_state(request)``. Nothing is created per
+request.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from app.logs import get_logger
 from app.nango.client import NangoClient
 from app.settings import Settings
 from app.state import AppState
+from app.subscriptions.dispatcher import MAX_SENDS_PER_PROCESS, Dispatcher, listen
+from app.subscriptions.events import FEED_CHANNEL
 
 log = get_logger(__name__)
 
@@ -45,6 +48,40 @@ def _start_reconcile_schedule(state: AppState) -> asyncio.Task[None] | None:
         ),
         name="reconcile-schedule",
     )
+
+
+@asynccontextmanager
+async def _dispatching(state: AppState) -> AsyncIterator[None]:
+    """The subscriptions dispatcher, with an HTTP client of its own: subscribers are not Nango
+    (other timeouts, no redirects followed, a pool that a slow subscriber cannot take from
+    Nango calls)."""
+    settings = state.settings
+    if not settings.subscription_dispatch:
+        yield
+        return
+    http = httpx2.AsyncClient(
+        timeout=httpx2.Timeout(settings.subscription_timeout_seconds),
+        limits=httpx2.Limits(max_connections=MAX_SENDS_PER_PROCESS, max_keepalive_connections=8),
+        follow_redirects=False,
+    )
+    dispatcher = state.dispatcher = Dispatcher(
+        database=state.database, http=http, settings=settings
+    )
+    tasks = [asyncio.create_task(dispatcher.run(), name="subscriptions-dispatcher")]
+    if state.database.dialect == "postgresql":
+        conninfo = postgres_conninfo(settings.database_url)
+        tasks.append(
+            asyncio.create_task(listen(conninfo, FEED_CHANNEL, dispatcher.wake), name="listen")
+        )
+    try:
+        yield
+    finally:
+        await dispatcher.stop()
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await http.aclose()
 
 
 async def _report_readiness(database: Database) -> None:
@@ -101,7 +138,8 @@ def lifespan_for(
         gc.freeze()
         log.info("started", database=database.dialect)
         try:
-            yield
+            async with _dispatching(state):
+                yield
         finally:
             await state.details.close()
             state.feed_signal.close()

@@ -5,7 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, multiprocess
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    multiprocess,
+)
 
 WEBHOOK_DELIVERIES = Counter(
     "nango_registry_webhook_deliveries",
@@ -53,6 +60,22 @@ DATABASE_ERRORS = Counter(
     "nango_registry_database_errors",
     "Database operations that failed (answered 503)",
     ["operation"],
+)
+SUBSCRIPTION_ATTEMPTS = Counter(
+    "nango_registry_subscription_attempts",
+    "Requests to subscribers by outcome (succeeded, failed, timeout, error)",
+    ["outcome"],
+)
+SUBSCRIPTION_DELIVERIES = Counter(
+    "nango_registry_subscription_deliveries",
+    "Deliveries to subscribers that ended (succeeded, or failed once the schedule ran out)",
+    ["status"],
+)
+# The same figure in every process (each reads it from the database): the live maximum.
+SUBSCRIPTION_BACKLOG_AGE = Gauge(
+    "nango_registry_subscription_backlog_age_seconds",
+    "Age of the oldest delivery still pending for an active subscription (0: none)",
+    multiprocess_mode="livemax",
 )
 REQUEST_LATENCY = Histogram(
     "nango_registry_request_duration_seconds",

@@ -19,6 +19,10 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite:///./nango-registry.db"
+# 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h: Svix's schedule (issue 16).
+DEFAULT_RETRY_SCHEDULE = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
+MAX_RETRIES = 20
+MAX_RETRY_DELAY = 7 * 24 * 3600
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +114,19 @@ class Settings(BaseSettings):
     connection_details_retry_seconds: float = Field(default=10.0, ge=0, le=300)
     reconcile_details_per_run: int = Field(default=200, ge=0, le=100_000)
 
+    # Subscriptions (push). Svix's schedule: a first try at once, then retries after these delays.
+    subscription_retry_schedule: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_RETRY_SCHEDULE)
+    )
+    subscription_disable_after_seconds: float = Field(default=5 * 24 * 3600, ge=0)
+    subscription_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+    subscription_max_in_flight: int = Field(default=4, ge=1, le=64)
+    subscription_poll_seconds: float = Field(default=1.0, gt=0, le=60)
+    subscription_dispatch: bool = True
+    subscription_require_https: bool = False
+    # Set by `nango-registry serve` when it had to make SECRET_KEY up: subscription secrets are
+    # derived from it, so none can be created on a key that will not survive a restart.
+    secret_key_generated: bool = False
     # Operator console (/console/): on only when both are set
     console_username: str | None = None
     console_password: SecretStr | None = None
@@ -156,6 +173,20 @@ class Settings(BaseSettings):
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         return _split_csv(value)
+
+    @field_validator("subscription_retry_schedule", mode="before")
+    @classmethod
+    def _schedule(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("subscription_retry_schedule")
+    @classmethod
+    def _schedule_bounds(cls, value: list[float]) -> list[float]:
+        if len(value) > MAX_RETRIES:
+            raise ValueError(f"at most {MAX_RETRIES} retry delays")
+        if any(not 0 <= delay <= MAX_RETRY_DELAY for delay in value):
+            raise ValueError(f"each delay is 0 to {MAX_RETRY_DELAY} seconds")
+        return value
 
     @field_validator("database_url")
     @classmethod

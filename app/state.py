@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from app.connections.feed_signal import FeedSignal
     from app.console.figures import FigureCache
     from app.nango.client import NangoClient
+    from app.subscriptions.dispatcher import Dispatcher
 
 
 @dataclass
@@ -26,6 +27,8 @@ class AppState:
     api_keys: ApiKeyCache
     nango: NangoClient
     feed_signal: FeedSignal
+    # None when SUBSCRIPTION_DISPATCH=false.
+    dispatcher: Dispatcher | None = None
     # Tasks started at start-up and cancelled at shutdown.
     background: list[asyncio.Task[None]] = field(default_factory=list)
     # Configuration and metadata fetched after webhooks (closed at shutdown); None: not fetched.

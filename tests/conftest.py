@@ -39,6 +39,9 @@ TEST_API_KEY = "test-full-access-key-0123456789abcdef"
 TEST_NANGO_SECRET = "test-nango-secret-key"
 TEST_SECRET = "test-secret-key"
 TABLES = (
+    "subscription_attempts",
+    "subscription_deliveries",
+    "subscriptions",
     "connection_events",
     "connection_tags",
     "deliveries",

@@ -13,7 +13,14 @@ from typing import Any
 from sqlalchemy import Engine, select
 from sqlmodel import Session, SQLModel
 
-from app.db.tables import ConnectionEventTable, ConnectionTable, ConnectionTagTable, DeliveryTable
+from app.db.tables import (
+    ConnectionEventTable,
+    ConnectionTable,
+    ConnectionTagTable,
+    DeliveryTable,
+    SubscriptionAttemptTable,
+    SubscriptionDeliveryTable,
+)
 
 CONNECTIONS = SQLModel.metadata.tables["connections"]
 EVENTS = SQLModel.metadata.tables["connection_events"]
@@ -98,6 +105,53 @@ def add_event(engine: Engine, connection_pk: int, **fields: Any) -> int:
         session.commit()
         assert event.id is not None
         return event.id
+
+
+def add_outbox_delivery(
+    engine: Engine, subscription_id: int, event_id: int, connection_pk: int, **fields: Any
+) -> int:
+    """Queue a delivery to a subscription as the feed's trigger would (due now unless told)."""
+    now = datetime.now(UTC)
+    values: dict[str, Any] = {"status": "pending", "tries": 0, "next_attempt_at": now}
+    values.update(fields)
+    with Session(engine) as session:
+        delivery = SubscriptionDeliveryTable(
+            subscription_id=subscription_id,
+            event_id=event_id,
+            connection_pk=connection_pk,
+            created_at=now,
+            **values,
+        )
+        session.add(delivery)
+        session.commit()
+        assert delivery.id is not None
+        return delivery.id
+
+
+def add_attempt(engine: Engine, delivery_id: int, **fields: Any) -> int:
+    """Record a request sent for a queued delivery (a 200 unless told)."""
+    with Session(engine) as session:
+        delivery = session.get(SubscriptionDeliveryTable, delivery_id)
+        assert delivery is not None
+        values: dict[str, Any] = {
+            "try_number": 1,
+            "attempted_at": datetime.now(UTC),
+            "outcome": "succeeded",
+            "status_code": 200,
+            "latency_ms": 12,
+            "response_body": "ok",
+        }
+        values.update(fields)
+        attempt = SubscriptionAttemptTable(
+            subscription_id=delivery.subscription_id,
+            delivery_id=delivery_id,
+            event_id=delivery.event_id,
+            **values,
+        )
+        session.add(attempt)
+        session.commit()
+        assert attempt.id is not None
+        return attempt.id
 
 
 def connection_row(engine: Engine, connection_id: str, integration_id: str = "github") -> Any:

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from app.settings import (
     Settings,
@@ -96,6 +97,19 @@ def test_the_console_script_stops_without_a_traceback(tmp_path: object) -> None:
         "each entry is KEY or ENVIRONMENT=KEY, with neither part empty"
     ]
     assert "secret-key-value" not in result.stderr + result.stdout
+
+
+def test_subscription_retry_schedule_is_comma_separated_seconds() -> None:
+    default = Settings(_env_file=None)
+    assert default.subscription_retry_schedule == [5, 300, 1800, 7200, 18000, 36000, 36000]
+    assert default.subscription_disable_after_seconds == 5 * 24 * 3600
+    custom = Settings(_env_file=None, subscription_retry_schedule="0.5, 1,2")
+    assert custom.subscription_retry_schedule == [0.5, 1, 2]
+    empty = Settings(_env_file=None, subscription_retry_schedule="")
+    assert empty.subscription_retry_schedule == []
+    for bad in ("-1", "5,x", ",".join(["1"] * 21), "999999999"):
+        with pytest.raises(ValidationError):
+            Settings(_env_file=None, subscription_retry_schedule=bad)
 
 
 def test_readme_names_the_release_that_brought_the_hmac_header() -> None:

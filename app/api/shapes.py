@@ -35,6 +35,15 @@ from app.connections.model import (
 from app.connections.public import connection_json as connection_json  # re-exported
 from app.connections.queries import HistoryEntry, IntegrationSummary
 from app.connections.sessions import SESSION_TAG
+from app.subscriptions.model import (
+    MAX_URL_LENGTH,
+    Attempt,
+    Outcome,
+    Subscription,
+    SubscriptionStatus,
+    check_url,
+)
+from app.subscriptions.signing import webhook_id
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
@@ -500,6 +509,184 @@ class ReconcileAnswer(Answer):
 
 class LegacyHmac(Answer):
     hmac: str = Field(pattern="^[0-9a-f]{64}$")
+
+
+# Subscriptions ------------------------------------------------------------------------------
+
+SubscribedType = Literal[
+    "connection.created",
+    "connection.attributed",
+    "connection.auth_error",
+    "connection.recovered",
+    "connection.deleted",
+    "connection.restored",
+    "connection.metadata_updated",
+    "connection.sync_failed",
+]
+SubscriberUrl = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=MAX_URL_LENGTH),
+    Field(examples=["https://billing.internal.example/webhooks/connections"]),
+]
+MAX_REPLAY = 10_000
+
+
+def _url(value: str | None) -> str | None:
+    # https-only, when SUBSCRIPTION_REQUIRE_HTTPS says so, is checked by the handler.
+    problem = None if value is None else check_url(value, require_https=False)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+class SubscriptionFilters(Body):
+    """Every filter given must match an event's connection (after the change)."""
+
+    end_user_id: Text | None = None
+    organization_id: Text | None = None
+    integration_id: Text | None = None
+
+
+class SubscriptionRequest(Body):
+    url: SubscriberUrl
+    event_types: list[SubscribedType] | None = Field(
+        None, min_length=1, description="only these types; absent or null: every type"
+    )
+    filters: SubscriptionFilters | None = None
+
+    _check_url = field_validator("url")(_url)
+
+
+class SubscriptionChange(Body):
+    """Fields given are changed; ``event_types: null`` means every type again."""
+
+    status: Literal["active", "paused"] | None = Field(
+        None, description="paused: deliveries queue up; active: resume (a disabled one too)"
+    )
+    url: SubscriberUrl | None = None
+    event_types: list[SubscribedType] | None = Field(None, min_length=1)
+    filters: SubscriptionFilters | None = Field(None, description="replaces every filter")
+
+    _check_url = field_validator("url")(_url)
+
+    @model_validator(mode="after")
+    def _no_null(self) -> SubscriptionChange:
+        for name in ("status", "url", "filters"):
+            if name in self.model_fields_set and getattr(self, name) is None:
+                raise ValueError(f"{name} cannot be null")
+        return self
+
+
+class ReplayRequest(Body):
+    after: int = Field(ge=0, description="queue the events after this event ID again")
+    limit: int = Field(MAX_REPLAY, ge=1, le=MAX_REPLAY, description="at most this many")
+
+
+class SubscriptionFiltersPublic(Answer):
+    model_config = ConfigDict(title="SubscriptionFilters")
+
+    end_user_id: str | None
+    organization_id: str | None
+    integration_id: str | None
+
+
+class SubscriptionPublic(Answer):
+    model_config = ConfigDict(title="Subscription")
+
+    id: int
+    url: str
+    event_types: list[str] | None = Field(description="null: every type")
+    filters: SubscriptionFiltersPublic
+    status: SubscriptionStatus
+    failing_since: datetime | None = Field(description="first failure since the last success")
+    disabled_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class SubscriptionCreated(SubscriptionPublic):
+    model_config = ConfigDict(title="SubscriptionCreated")
+
+    secret: str = Field(
+        pattern="^whsec_[A-Za-z0-9+/]+=*$",
+        description="the signing secret, shown this once: it cannot be read back",
+    )
+
+
+def subscription_json(subscription: Subscription) -> dict[str, Any]:
+    return {
+        "id": subscription.id,
+        "url": subscription.url,
+        "event_types": subscription.event_types,
+        "filters": {
+            "end_user_id": subscription.end_user_id,
+            "organization_id": subscription.organization_id,
+            "integration_id": subscription.integration_id,
+        },
+        "status": subscription.status,
+        "failing_since": subscription.failing_since,
+        "disabled_at": subscription.disabled_at,
+        "created_at": subscription.created_at,
+        "updated_at": subscription.updated_at,
+    }
+
+
+class SubscriptionAnswer(Answer):
+    data: SubscriptionPublic
+
+
+class SubscriptionCreatedAnswer(Answer):
+    data: SubscriptionCreated
+
+
+class SubscriptionList(Answer):
+    data: list[SubscriptionPublic]
+
+
+class AttemptPublic(Answer):
+    model_config = ConfigDict(title="SubscriptionAttempt")
+
+    id: int
+    event_id: int
+    webhook_id: str = Field(description="the webhook-id header: the same on every retry")
+    try_number: int = Field(ge=1)
+    attempted_at: datetime
+    outcome: Outcome
+    status_code: int | None
+    latency_ms: int = Field(ge=0)
+    response_body: str | None = Field(description="the first 1 KB of the subscriber's answer")
+    error: str | None = Field(examples=["timeout", "ConnectError", "secret_key_changed"])
+
+
+def attempt_json(subscription_id: int, attempt: Attempt) -> dict[str, Any]:
+    return {
+        "id": attempt.id,
+        "event_id": attempt.event_id,
+        "webhook_id": webhook_id(subscription_id=subscription_id, event_id=attempt.event_id),
+        "try_number": attempt.try_number,
+        "attempted_at": attempt.attempted_at,
+        "outcome": attempt.outcome,
+        "status_code": attempt.status_code,
+        "latency_ms": attempt.latency_ms,
+        "response_body": attempt.response_body,
+        "error": attempt.error,
+    }
+
+
+class AttemptPage(Answer):
+    data: list[AttemptPublic] = Field(description="newest first")
+    next_cursor: str | None
+
+
+class Replayed(Answer):
+    queued: int = Field(ge=0)
+    last_event_id: int | None = Field(
+        description="the last event queued: replay after it for more when `queued` was `limit`"
+    )
+
+
+class ReplayAnswer(Answer):
+    data: Replayed
 
 
 # Operations ---------------------------------------------------------------------------------

@@ -14,7 +14,16 @@ from collections.abc import Sequence
 from sqlalchemy.exc import DBAPIError
 
 from app import __version__
-from app.cli import api_keys, database, deliveries, nango_commands, replay, serve, simulate
+from app.cli import (
+    api_keys,
+    database,
+    deliveries,
+    nango_commands,
+    replay,
+    serve,
+    simulate,
+    subscriptions,
+)
 from app.cli.output import fail
 from app.db.readiness import DatabaseNotReady, describe_error
 from app.errors import DATABASE_UNAVAILABLE
@@ -27,7 +36,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"nango-registry {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (serve, database, replay, deliveries, api_keys, nango_commands, simulate):
+    for module in (
+        serve,
+        database,
+        replay,
+        deliveries,
+        api_keys,
+        nango_commands,
+        simulate,
+        subscriptions,
+    ):
         module.register(commands)
     return parser
 

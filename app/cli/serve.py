@@ -62,9 +62,11 @@ def run(args: argparse.Namespace) -> int:
     if settings.secret_key is None:
         # Workers must share the key that signs pagination cursors, so the parent picks one.
         os.environ["SECRET_KEY"] = secrets.token_urlsafe(32)
+        os.environ["SECRET_KEY_GENERATED"] = "true"  # noqa: S105 (a flag, not a key)
         log.warning(
             "secret_key_generated",
-            detail="SECRET_KEY is not set: pagination cursors will not survive a restart",
+            detail="SECRET_KEY is not set: pagination cursors will not survive a restart, and"
+            " subscriptions cannot be created",
         )
     workers = args.workers or settings.web_concurrency
     created = _prepare_metrics_directory(settings.prometheus_multiproc_dir, workers=workers)

@@ -12,7 +12,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, ForeignKey, Index, Integer, Text, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlmodel import Field, SQLModel
 
 from app.db.types import JSONDocument, NullableJSONDocument, UTCDateTime, utcnow
@@ -235,3 +244,98 @@ class LeaseTable(SQLModel, table=True):
     name: str = Field(primary_key=True, max_length=64)
     holder: str = Field(max_length=128)
     expires_at: datetime = _time()
+
+
+class SubscriptionTable(SQLModel, table=True):
+    """A consumer's push endpoint (issue 16). Its signing secret is derived, never stored: see
+    ``app.subscriptions.signing``."""
+
+    __tablename__ = "subscriptions"
+
+    id: int | None = _id_column()
+    url: str = Field(sa_column=Column(Text, nullable=False))
+    # null: every type; else a JSON array of event types.
+    event_types: list[str] | None = Field(
+        default=None, sa_column=Column(JSONDocument, nullable=True)
+    )
+    end_user_id: str | None = Field(default=None, max_length=255)
+    organization_id: str | None = Field(default=None, max_length=255)
+    integration_id: str | None = Field(default=None, max_length=255)
+    status: str = Field(default="active", max_length=16)  # active, paused, disabled
+    # Random, not secret: mixed into the derived secret so no two subscriptions share one.
+    secret_salt: str = Field(max_length=64)
+    # SHA-256 of the derived secret: tells the dispatcher that SECRET_KEY has changed.
+    secret_check: str = Field(max_length=64)
+    created_at: datetime = _time()
+    updated_at: datetime = _time()
+    failing_since: datetime | None = _time(nullable=True)
+    disabled_at: datetime | None = _time(nullable=True)
+
+
+class SubscriptionDeliveryTable(SQLModel, table=True):
+    """The outbox: one row per (subscription, event) to send, until it is sent or given up."""
+
+    __tablename__ = "subscription_deliveries"
+    __table_args__ = (
+        # What is due, and what an event must wait for (an earlier one of its connection).
+        Index(
+            "ix_subscription_deliveries_pending_due",
+            "next_attempt_at",
+            sqlite_where=text("status = 'pending'"),
+            postgresql_where=text("status = 'pending'"),
+        ),
+        Index(
+            "ix_subscription_deliveries_pending_order",
+            "subscription_id",
+            "connection_pk",
+            "id",
+            sqlite_where=text("status = 'pending'"),
+            postgresql_where=text("status = 'pending'"),
+        ),
+        Index("ix_subscription_deliveries_subscription_id_event_id", "subscription_id", "event_id"),
+    )
+
+    id: int | None = _id_column()
+    subscription_id: int = Field(
+        sa_column=Column(BigId, ForeignKey("subscriptions.id", ondelete="CASCADE"), nullable=False)
+    )
+    event_id: int = Field(sa_column=Column(BigId, nullable=False))
+    connection_pk: int | None = Field(default=None, sa_column=Column(BigId, nullable=True))
+    status: str = Field(default="pending", max_length=16)  # pending, succeeded, failed
+    tries: int = 0
+    next_attempt_at: datetime = _time()
+    # Held by one dispatcher while it sends; a holder that died frees it by expiry.
+    lease_until: datetime | None = _time(nullable=True)
+    lease_holder: str | None = Field(default=None, max_length=128)
+    created_at: datetime = _time()
+    finished_at: datetime | None = _time(nullable=True)
+
+
+class SubscriptionAttemptTable(SQLModel, table=True):
+    """One HTTP request to a subscriber, and how it ended."""
+
+    __tablename__ = "subscription_attempts"
+    __table_args__ = (
+        Index("ix_subscription_attempts_subscription_id_id", "subscription_id", "id"),
+    )
+
+    id: int | None = _id_column()
+    subscription_id: int = Field(
+        sa_column=Column(BigId, ForeignKey("subscriptions.id", ondelete="CASCADE"), nullable=False)
+    )
+    delivery_id: int = Field(
+        sa_column=Column(
+            BigId,
+            ForeignKey("subscription_deliveries.id", ondelete="CASCADE"),
+            nullable=False,
+            index=True,
+        )
+    )
+    event_id: int = Field(sa_column=Column(BigId, nullable=False))
+    try_number: int
+    attempted_at: datetime = _time()
+    outcome: str = Field(max_length=16)  # succeeded, failed, timeout, error
+    status_code: int | None = None
+    latency_ms: int
+    response_body: str | None = Field(default=None, sa_column=Column(Text))
+    error: str | None = Field(default=None, max_length=255)

@@ -82,7 +82,9 @@ def app(settings: Settings, sync_engine: Engine) -> Starlette:
     assert settings.nango_secret_key is not None
     # The action routes call Nango: a fake one answers, through the real client code.
     nango = FakeNango(secret_key=settings.nango_secret_key.get_secret_value())
-    return create_app(settings, nango_transport=nango.transport())
+    # Subscriptions it creates name generated URLs: nothing may be sent to them.
+    quiet = settings.model_copy(update={"subscription_dispatch": False})
+    return create_app(quiet, nango_transport=nango.transport())
 
 
 def _load_schema() -> Any:

@@ -126,7 +126,9 @@ def test_every_v1_route_refuses_missing_wrong_revoked_and_read_only_keys(
         # An accepted stream never ends: an unknown parameter makes it a 400, after the key.
         control = path + "?not_a_parameter=1" if path.endswith("/stream") else path
         response = keyed.request(method, control, headers=bearer(READ_ONLY_KEY), json={})
-        if method in WRITES:
+        # Subscriptions are managed with a full-access key only, reads too: they say where
+        # connection data is sent (issue 16).
+        if method in WRITES or path.startswith("/v1/subscriptions"):
             assert_error(response, 403)
         else:
             # The control: the same key is valid, so a refusal above was about the key.

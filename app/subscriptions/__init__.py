@@ -1,0 +1,1 @@
+"""Push: subscriptions, their signed deliveries and the dispatcher that sends them (issue 16)."""
