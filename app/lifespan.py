@@ -27,8 +27,7 @@ from app.logs import get_logger
 from app.nango.client import NangoClient
 from app.settings import Settings
 from app.state import AppState
-from app.subscriptions.dispatcher import MAX_SENDS_PER_PROCESS, Dispatcher, listen
-from app.subscriptions.events import FEED_CHANNEL
+from app.subscriptions.dispatcher import MAX_SENDS_PER_PROCESS, Dispatcher
 
 log = get_logger(__name__)
 
@@ -54,7 +53,8 @@ def _start_reconcile_schedule(state: AppState) -> asyncio.Task[None] | None:
 async def _dispatching(state: AppState) -> AsyncIterator[None]:
     """The subscriptions dispatcher, with an HTTP client of its own: subscribers are not Nango
     (other timeouts, no redirects followed, a pool that a slow subscriber cannot take from
-    Nango calls)."""
+    Nango calls). It hears of committed events through the process's ``FeedSignal`` (the one
+    LISTEN connection per process)."""
     settings = state.settings
     if not settings.subscription_dispatch:
         yield
@@ -67,20 +67,15 @@ async def _dispatching(state: AppState) -> AsyncIterator[None]:
     dispatcher = state.dispatcher = Dispatcher(
         database=state.database, http=http, settings=settings
     )
-    tasks = [asyncio.create_task(dispatcher.run(), name="subscriptions-dispatcher")]
-    if state.database.dialect == "postgresql":
-        conninfo = postgres_conninfo(settings.database_url)
-        tasks.append(
-            asyncio.create_task(listen(conninfo, FEED_CHANNEL, dispatcher.wake), name="listen")
-        )
+    state.feed_signal.on_poke(dispatcher.event_committed)
+    task = asyncio.create_task(dispatcher.run(), name="subscriptions-dispatcher")
     try:
         yield
     finally:
         await dispatcher.stop()
-        for task in tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
         await http.aclose()
 
 

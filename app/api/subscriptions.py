@@ -126,6 +126,7 @@ class Subscriptions(HTTPEndpoint):
             filters=_filters(body),
         )
         log.info("subscription_created", subscription_id=created.subscription.id)
+        _wake(state)  # this process's dispatcher no longer skips committed events
         data = {**subscription_json(created.subscription), "secret": created.secret}
         return JSONResponse({"data": data}, status_code=201)
 

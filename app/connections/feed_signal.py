@@ -3,7 +3,9 @@
 One ``FeedSignal`` per process. It is poked by a Postgres ``LISTEN feed_events`` connection of
 its own (one per process, reconnecting if lost, not taken from the pool), by this process's
 webhook receiver once a delivery has committed, and, for what neither reaches (another process
-on SQLite, a lost listener), waiters also wake every ``FEED_POLL_INTERVAL_SECONDS``. A waiter
+on SQLite, a lost listener), waiters also wake every ``FEED_POLL_INTERVAL_SECONDS``. Whatever
+else must hear of committed events (the subscriptions dispatcher) registers with ``on_poke``
+rather than opening a listening connection of its own. A waiter
 holds no database connection while it waits. At shutdown it is closed: every waiter wakes and
 sees ``closed``, so open streams end instead of holding the server's graceful shutdown.
 """
@@ -14,6 +16,7 @@ import asyncio
 import contextlib
 import signal
 import threading
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -33,6 +36,11 @@ class FeedSignal:
         self.poll_interval = poll_interval
         self.closed = False
         self._event = asyncio.Event()
+        self._callbacks: list[Callable[[], None]] = []
+
+    def on_poke(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` at every poke; it runs on the event loop and must not block."""
+        self._callbacks.append(callback)
 
     def ticket(self) -> asyncio.Event:
         """Take this before reading the feed, and wait on it after: no poke is missed between."""
@@ -41,6 +49,8 @@ class FeedSignal:
     def poke(self) -> None:
         event, self._event = self._event, asyncio.Event()
         event.set()
+        for callback in self._callbacks:
+            callback()
 
     async def wait(self, ticket: asyncio.Event, at_most: float | None = None) -> None:
         """Until poked (since ``ticket`` was taken), closed, or the poll interval has passed."""

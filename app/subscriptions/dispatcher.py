@@ -14,8 +14,13 @@ is pending (queued, leased or waiting for a retry), so a consumer sees a connect
 the order they happened. Events of different connections go out concurrently, at most
 ``SUBSCRIPTION_MAX_IN_FLIGHT`` per subscription across the processes.
 
-Wake-ups: on Postgres the feed's NOTIFY, on both a poll every ``SUBSCRIPTION_POLL_SECONDS``
-(which also notices retries coming due), and at once in the process that finished a send.
+Wake-ups: a committed feed event (``event_committed``, from the process's ``FeedSignal``: the
+feed's NOTIFY on Postgres, this process's receiver on both), coalesced so that a burst of
+webhooks costs one look per ``EVENT_WAKE_SECONDS``, not one per webhook; a poll every
+``SUBSCRIPTION_POLL_SECONDS`` (which also notices retries coming due); and at once in the
+process that finished a send or changed a subscription. Events are ignored while no
+subscription is active (one cheap query at each poll says so), so a service without
+subscribers does no dispatcher work per webhook.
 """
 
 from __future__ import annotations
@@ -27,14 +32,12 @@ import secrets
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import anyio
 import httpx2
-import psycopg
 import pydantic_core
 
 from app.db.database import Database, Transaction, sql
@@ -57,6 +60,10 @@ MAX_SENDS_PER_PROCESS = 32
 # How long an in-flight send may finish on shutdown before it is cut off and its lease freed.
 SHUTDOWN_GRACE_SECONDS = 5.0
 BACKLOG_EVERY_SECONDS = 5.0
+# A burst of committed events wakes the dispatcher once per this many seconds, not per event.
+EVENT_WAKE_SECONDS = 0.05
+
+ANY_ACTIVE = sql("SELECT 1 FROM subscriptions WHERE status = 'active' LIMIT 1")
 
 # Due deliveries that wait for no earlier one of their connection, oldest first, a page at a time
 # (keyset on next_attempt_at, id).
@@ -183,9 +190,26 @@ class Dispatcher:
         self._stopping = False
         self._backlog_at = 0.0
         self._claim_failing = False
+        # Whether any subscription is active, as last read; None: read it at the next look.
+        self._active: bool | None = None
+        self._event_timer: asyncio.TimerHandle | None = None
 
     def wake(self) -> None:
-        """Look for due deliveries now (an event committed, a subscription resumed...)."""
+        """Look for due deliveries now (a subscription created or resumed, a replay...)."""
+        self._active = None
+        self._wake.set()
+
+    def event_committed(self) -> None:
+        """A feed event committed: look soon, once for a whole burst, and not at all while no
+        subscription is active (a new one is noticed at the next poll, or at once by ``wake``)."""
+        if self._active is False or self._event_timer is not None or self._stopping:
+            return
+        self._event_timer = asyncio.get_running_loop().call_later(
+            EVENT_WAKE_SECONDS, self._event_wake
+        )
+
+    def _event_wake(self) -> None:
+        self._event_timer = None
         self._wake.set()
 
     async def run(self) -> None:
@@ -197,12 +221,17 @@ class Dispatcher:
                 self._sending[delivery.id] = task
             if claimed and len(self._sending) < MAX_SENDS_PER_PROCESS:
                 continue
-            with contextlib.suppress(TimeoutError):
+            try:
                 await asyncio.wait_for(self._wake.wait(), self._settings.subscription_poll_seconds)
+            except TimeoutError:
+                self._active = None  # each poll reads it again: subscriptions made elsewhere
 
     async def stop(self) -> None:
         """Claim nothing more; let sends in flight finish briefly, then cut them off."""
         self._stopping = True
+        if self._event_timer is not None:
+            self._event_timer.cancel()
+            self._event_timer = None
         self._wake.set()
         running = list(self._sending.values())
         if running:
@@ -216,6 +245,8 @@ class Dispatcher:
     async def _claim_safely(self) -> list[Claimed]:
         try:
             await self._measure_backlog()
+            if not await self._any_active():
+                return []
             claimed = await self.claim()
         except Exception as error:  # the database is down or busy: try again at the next poll
             if not self._claim_failing:  # one line per outage, not one per poll
@@ -226,6 +257,12 @@ class Dispatcher:
             log.info("subscription_claim_recovered")
             self._claim_failing = False
         return claimed
+
+    async def _any_active(self) -> bool:
+        if self._active is None:
+            async with self._database.reader() as tx:
+                self._active = await tx.fetchone(ANY_ACTIVE) is not None
+        return self._active
 
     async def claim(self) -> list[Claimed]:
         """Take the due deliveries this process has room for."""
@@ -432,25 +469,3 @@ def _attempt_row(delivery: Claimed, result: Result, tries: int, now: datetime) -
         "response_body": result.response_body,
         "error": result.error,
     }
-
-
-async def listen(conninfo: str, channel: str, wake: Callable[[], None]) -> None:
-    """Wake the dispatcher on every NOTIFY on ``channel``; reconnects after a failure (polling
-    carries on meanwhile)."""
-    failing = False
-    while True:
-        try:
-            connection = await psycopg.AsyncConnection.connect(
-                conninfo, autocommit=True, connect_timeout=5
-            )
-            async with connection:
-                await connection.execute(f'LISTEN "{channel}"')
-                failing = False
-                wake()  # anything committed while not listening
-                async for _ in connection.notifies():
-                    wake()
-        except psycopg.Error as error:
-            if not failing:
-                log.warning("subscription_listen_failed", error_type=type(error).__name__)
-            failing = True
-        await asyncio.sleep(1.0)

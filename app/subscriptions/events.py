@@ -8,11 +8,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from app.connections.feed import CHANNEL, EVENT_FIELDS, FeedEvent, event_json
+from app.connections.feed import EVENT_FIELDS, FeedEvent, event_json
 from app.db.database import Transaction, sql
-
-# The feed's NOTIFY channel: an event committed (Postgres only).
-FEED_CHANNEL = CHANNEL
 
 EVENT = sql(f"SELECT {', '.join(EVENT_FIELDS)} FROM feed_events WHERE id = :id")  # noqa: S608
 

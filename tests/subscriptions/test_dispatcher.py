@@ -356,6 +356,7 @@ async def test_a_database_failure_while_claiming_is_logged_and_retried(
     make_dispatcher: Callable[..., Dispatcher],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    await subscribe(database)  # without an active subscription it would not claim at all
     dispatcher = make_dispatcher(Subscriber())
     calls = 0
 
@@ -381,3 +382,50 @@ async def test_a_full_subscription_does_not_hold_back_the_others(
     queue(sync_engine, calm, (1, 1))
     claimed = await make_dispatcher(Subscriber(), subscription_max_in_flight=1).claim()
     assert sorted(item.subscription_id for item in claimed) == [busy, calm]
+
+
+async def test_committed_events_wake_it_once_per_burst_and_not_without_subscriptions(
+    database: Database,
+    sync_engine: Engine,
+    make_dispatcher: Callable[..., Dispatcher],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every webhook commits an event: without this, each one cost a claim (two queries)."""
+    subscriber = Subscriber()
+    dispatcher = make_dispatcher(subscriber, subscription_poll_seconds=60)
+    claims = 0
+    claim = dispatcher.claim
+
+    async def counted() -> list[Any]:
+        nonlocal claims
+        claims += 1
+        return await claim()
+
+    monkeypatch.setattr(dispatcher, "claim", counted)
+    task = asyncio.create_task(dispatcher.run())
+    try:
+        await asyncio.sleep(0.1)
+        for _ in range(50):  # no subscription: events are not even looked at
+            dispatcher.event_committed()
+        await asyncio.sleep(0.2)
+        assert claims == 0
+        subscription_id, _ = await subscribe(database)
+        dispatcher.wake()  # as the API does after creating one
+        await asyncio.sleep(0.1)
+        assert claims == 1
+        queue(sync_engine, subscription_id, (1, 1))
+        for _ in range(50):  # a burst of commits: one look
+            dispatcher.event_committed()
+            await asyncio.sleep(0)
+        deadline = time.monotonic() + 5
+        while not subscriber.requests:
+            assert time.monotonic() < deadline, "the event did not wake the dispatcher"
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(dispatcher_module.EVENT_WAKE_SECONDS * 3)
+        # The burst's look, the one straight after a claim that found something and the one
+        # after the send finished: not one per event (50).
+        assert claims == 4
+    finally:
+        await dispatcher.stop()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

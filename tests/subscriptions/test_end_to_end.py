@@ -238,3 +238,18 @@ def _queued(engine: Engine) -> dict[int, list[int]]:
         ):
             found[subscription_id].append(event_id)
     return found
+
+
+def test_a_committed_webhook_reaches_a_subscriber_without_waiting_for_the_poll(
+    make: Any, auth_headers: dict[str, str], subscribers: list[Subscriber]
+) -> None:
+    """The receiver's commit (and on Postgres the feed's NOTIFY) wakes the dispatcher: with a
+    one-minute poll, the event still arrives at once."""
+    client = make(subscription_poll_seconds=60)
+    subscriber = Subscriber().start()
+    subscribers.append(subscriber)
+    subscribe(client, auth_headers, subscriber)
+    time.sleep(0.3)  # the dispatcher's look after the creation finds nothing, then waits
+    webhook(client, connection_id="prompt")
+    wait_for(lambda: len(subscriber.accepted()) == 1, 5)
+    assert subscriber.received[0].connection_id == "prompt"
