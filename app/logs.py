@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import MutableMapping
+from contextvars import ContextVar
 from typing import Any, TextIO
 
 import pydantic_core
@@ -81,8 +82,23 @@ def _add_name(
     return event
 
 
+# The request a line belongs to (set by app.middleware for each request; tasks a request starts
+# inherit it). One context variable read per line: structlog's contextvars processor copies and
+# walks the whole context, on every line and twice more per request to clear it.
+REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
+
+
+def _add_request_id(
+    logger: Any, method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    request_id = REQUEST_ID.get()
+    if request_id is not None:
+        event.setdefault("request_id", request_id)
+    return event
+
+
 _SHARED: list[Any] = [
-    structlog.contextvars.merge_contextvars,
+    _add_request_id,
     structlog.processors.add_log_level,
     structlog.processors.TimeStamper(fmt="iso", utc=True),
 ]

@@ -12,13 +12,12 @@ import time
 from typing import Any
 from urllib.parse import quote, unquote
 
-import structlog
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.db.database import API_WORK
 from app.errors import DUPLICATE_HEADER, HEADERS_TOO_LARGE, ErrorCode, error_response
-from app.logs import get_logger
+from app.logs import REQUEST_ID, get_logger
 from app.metrics import AUTH_FAILURES, SIGNATURE_FAILURES, observe_request
 from app.webhooks.signature import Refusal
 
@@ -80,8 +79,7 @@ class RequestContextMiddleware:
 
         request_id = _request_id(scope)
         scope.setdefault("state", {})["request_id"] = request_id
-        structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(request_id=request_id)
+        bound = REQUEST_ID.set(request_id)
         started = time.perf_counter()
         status = 500
         added = [(b"x-request-id", request_id.encode()), _NOSNIFF]
@@ -120,7 +118,7 @@ class RequestContextMiddleware:
                 user_agent=_header(scope, b"user-agent"),
                 **scope["state"].get("log", {}),
             )
-            structlog.contextvars.clear_contextvars()
+            REQUEST_ID.reset(bound)
 
 
 # The access line's status for a request whose client left before its answer (nginx's 499).

@@ -77,3 +77,44 @@ def test_a_disconnect_after_the_answer_cancels_nothing() -> None:
     headers = dict(sent[0]["headers"])
     assert headers[b"cache-control"] == b"no-store"
     assert headers[b"x-content-type-options"] == b"nosniff"
+
+
+def test_every_line_logged_during_a_request_carries_its_id_and_none_after() -> None:
+    import io
+    import json
+    import logging
+
+    from app.logs import configure_logging, get_logger
+
+    stream = io.StringIO()
+    configure_logging("info", stream=stream)
+    log = get_logger("tests.handler")
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        log.info("inside")  # structlog
+        logging.getLogger("tests.stdlib").warning("also inside")  # a library's logger
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def send(message: Message) -> None:
+        pass
+
+    async def scenario() -> None:
+        scope = _scope("/healthz")
+        scope["headers"] = [(b"x-request-id", b"the-request")]
+        await RequestContextMiddleware(app)(scope, _no_body, send)
+        log.info("after")
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        logging.getLogger().handlers.clear()
+    lines = {line["event"]: line for line in map(json.loads, stream.getvalue().splitlines())}
+    assert lines["inside"]["request_id"] == "the-request"
+    assert lines["also inside"]["request_id"] == "the-request"
+    assert lines["request"]["request_id"] == "the-request"
+    assert "request_id" not in lines["after"]
+
+
+async def _no_body() -> Message:
+    return {"type": "http.request", "body": b"", "more_body": False}
