@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from starlette.endpoints import HTTPEndpoint
 from starlette.requests import Request
 from starlette.routing import Route
 
@@ -24,6 +23,7 @@ from app.api import cursors
 from app.api.inputs import parse_body, parse_query, parse_tags
 from app.api.keys import require_api_key
 from app.api.openapi import operation
+from app.api.resource import Resource
 from app.api.shapes import (
     ConnectionAnswer,
     ConnectionListQuery,
@@ -101,7 +101,7 @@ def _filters(query: ConnectionListQuery, tags: dict[str, str]) -> ConnectionFilt
     }
 
 
-class Connections(HTTPEndpoint):
+class Connections(Resource):
     @operation(
         id="listConnections",
         summary="Connections, newest first; every filter given must match",
@@ -144,7 +144,7 @@ async def _addressed(tx: Transaction, request: Request, selector: Selector) -> C
     )
 
 
-class ConnectionItem(HTTPEndpoint):
+class ConnectionItem(Resource):
     @operation(
         id="getConnection",
         summary="One connection, deleted ones included",
@@ -242,7 +242,7 @@ async def _mark_deleted(state: AppState, connection: Connection) -> Connection:
     return locked
 
 
-class ConnectionHistory(HTTPEndpoint):
+class ConnectionHistory(Resource):
     @operation(
         id="listConnectionEvents",
         summary="A connection's history (deliveries and state changes), newest first",
@@ -288,7 +288,7 @@ def reconnect_tags(connection: Connection) -> dict[str, str]:
     return dict(ordered[:MAX_TAGS])
 
 
-class ReconnectSession(HTTPEndpoint):
+class ReconnectSession(Resource):
     @operation(
         id="createReconnectSession",
         summary="A reconnect session for a stored connection, its tags sent again",
@@ -367,7 +367,7 @@ def details_errors() -> Iterator[None]:
             raise BadRequest(str(error), code=TOO_MANY_TAGS) from None
 
 
-class ConnectionRefresh(HTTPEndpoint):
+class ConnectionRefresh(Resource):
     @operation(
         id="refreshConnection",
         summary="Re-read status, owner and tags, configuration and metadata from Nango",
@@ -387,7 +387,7 @@ class ConnectionRefresh(HTTPEndpoint):
         return JSONResponse({"data": connection_json(refreshed)})
 
 
-class ConnectionMetadata(HTTPEndpoint):
+class ConnectionMetadata(Resource):
     @operation(
         id="mergeConnectionMetadata",
         summary="Merge top-level keys into the metadata, at Nango and here",

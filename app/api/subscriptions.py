@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from starlette.endpoints import HTTPEndpoint
 from starlette.requests import Request
 from starlette.routing import Route
 
@@ -17,6 +16,7 @@ from app.api import cursors
 from app.api.inputs import parse_body, parse_query
 from app.api.keys import require_api_key
 from app.api.openapi import operation
+from app.api.resource import Resource
 from app.api.shapes import (
     AttemptPage,
     NoQuery,
@@ -89,7 +89,7 @@ def _filters(body: SubscriptionRequest | SubscriptionChange) -> dict[str, str | 
     return {name: getattr(body.filters, name) for name in store.FILTER_FIELDS}
 
 
-class Subscriptions(HTTPEndpoint):
+class Subscriptions(Resource):
     @operation(
         id="listSubscriptions",
         summary="Every subscription (never its secret)",
@@ -142,7 +142,7 @@ def _changes(body: SubscriptionChange) -> dict[str, Any]:
     return changes
 
 
-class SubscriptionItem(HTTPEndpoint):
+class SubscriptionItem(Resource):
     @operation(
         id="getSubscription",
         summary="One subscription",

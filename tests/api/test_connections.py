@@ -739,3 +739,13 @@ def test_delete_legacy_id_with_a_slash(
     assert response.status_code == 200, response.text
     assert response.json()["data"]["connection_id"] == "team/42"
     assert fake_nango.connections == []
+
+
+def test_a_method_a_resource_lacks_is_405_with_the_ones_it_has(
+    client: TestClient, auth_headers: dict[str, str]
+) -> None:
+    response = client.put("/v1/connections/c1", headers=auth_headers)
+    assert response.status_code == 405
+    assert response.headers["allow"] == "GET, HEAD, PATCH, DELETE"
+    assert response.json()["error"]["code"] == "method_not_allowed"
+    assert client.head("/v1/connections/unknown", headers=auth_headers).status_code == 404
