@@ -15,8 +15,10 @@ instant: once it has it, every transaction that had taken an ID up to that mark 
 events up to the mark are safe to hand out. Writers never wait for each other; a reader waits
 only for the appends in flight. On SQLite one writer commits at a time, so IDs commit in order.
 
-Appending on Postgres also sends ``NOTIFY feed_events`` (delivered at commit, merged within a
-transaction), which wakes streams and long polls in every instance (``app.connections.wakeup``).
+Once a transaction that appended has committed, the database layer sends ``NOTIFY
+feed_events`` on Postgres (``PostgresDatabase.feed_committed``: one NOTIFY for all the commits
+of 10 ms, not one per transaction), which wakes streams, long polls and dispatchers in every
+process (``app.connections.feed_signal``).
 """
 
 from __future__ import annotations
@@ -34,7 +36,6 @@ from app.db.database import Database, Statement, sql
 from app.db.database import Transaction as Tx
 from app.metrics import FEED_EVENTS_APPENDED
 
-CHANNEL = "feed_events"
 # Any constant shared by writers and readers (pg_advisory_xact_lock's bigint key space).
 ORDER_LOCK = 7_236_066_108_102_911_092
 # Private keys of a history row (``store.history_row``): the connection it is about and
@@ -123,12 +124,11 @@ _PG_VALUES = ", ".join(
 APPEND = sql(
     f"INSERT INTO feed_events ({', '.join(APPEND_COLUMNS)})"  # noqa: S608 (fixed names)
     f" VALUES ({', '.join(':' + name for name in APPEND_COLUMNS)})",
-    # One statement, one round trip: the order lock (held until commit), the row, the NOTIFY.
+    # One statement, one round trip: the order lock (held until commit) and the row.
     postgres=(
-        f"WITH ordered AS (SELECT pg_advisory_xact_lock_shared({ORDER_LOCK})),"  # noqa: S608
-        f" appended AS (INSERT INTO feed_events ({', '.join(APPEND_COLUMNS)})"
-        f" SELECT {_PG_VALUES} FROM ordered RETURNING id)"
-        f" SELECT pg_notify('{CHANNEL}', '') FROM appended"
+        f"WITH ordered AS (SELECT pg_advisory_xact_lock_shared({ORDER_LOCK}))"  # noqa: S608
+        f" INSERT INTO feed_events ({', '.join(APPEND_COLUMNS)})"
+        f" SELECT {_PG_VALUES} FROM ordered"
     ),
 )
 
@@ -173,6 +173,7 @@ async def append_for_history(tx: Tx, history: Sequence[Mapping[str, Any]]) -> No
         await tx.execute(APPEND, rows[0])
     else:
         await tx.executemany(APPEND, rows)
+    tx.feed_appended()
     for row in rows:
         FEED_EVENTS_APPENDED.labels(type=row["type"]).inc()
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import psycopg
 
-from app.connections.feed import CHANNEL
+from app.db.database import FEED_CHANNEL
 from app.logs import get_logger
 
 log = get_logger(__name__)
@@ -73,7 +73,7 @@ class FeedSignal:
                 async with await psycopg.AsyncConnection.connect(
                     conninfo, autocommit=True, connect_timeout=5, application_name="feed-listener"
                 ) as connection:
-                    await connection.execute(f"LISTEN {CHANNEL}")
+                    await connection.execute(f"LISTEN {FEED_CHANNEL}")
                     wait = 0.0
                     self.poke()  # whatever was appended while no one listened
                     async for _ in connection.notifies():

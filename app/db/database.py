@@ -49,7 +49,10 @@ import pydantic_core
 from psycopg.types.json import JsonbDumper, set_json_dumps, set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
+from app.logs import get_logger
 from app.settings import Settings
+
+log = get_logger(__name__)
 
 Row = tuple[Any, ...]
 Params = Mapping[str, Any]
@@ -134,6 +137,10 @@ class Transaction(Protocol):
 
     async def fetchall(self, statement: Statement, params: Params | None = None) -> list[Row]: ...
 
+    def feed_appended(self) -> None:
+        """This transaction appended to the change feed: once it commits, the database tells
+        the feed's listeners (on Postgres, a NOTIFY; see ``PostgresDatabase.feed_committed``)."""
+
 
 class Database(Protocol):
     dialect: str
@@ -146,6 +153,16 @@ class Database(Protocol):
 
     def reader(self) -> contextlib.AbstractAsyncContextManager[Transaction]: ...
 
+
+# The change feed's channel: a NOTIFY on it wakes its streams, long polls and dispatchers in
+# every process (app.connections.feed_signal).
+FEED_CHANNEL = "feed_events"
+# Committed feed appends are announced at most this often per process, in one NOTIFY of its
+# own: a NOTIFY inside each writing transaction made every commit take Postgres's global notify
+# lock until its WAL flush, serializing the webhooks' commits (make bench: a third of the
+# ingest rate).
+FEED_NOTIFY_EVERY_SECONDS = 0.01
+_NOTIFY_FEED = b"NOTIFY " + FEED_CHANNEL.encode()
 
 # SQLite readers, each a connection on a thread of its own. Reads take microseconds and hold the
 # GIL for most of them: more threads only contend for it (make bench, 32 concurrent lookups: 1407
@@ -266,6 +283,7 @@ class PostgresDatabase:
         self._max_size = max_size
         self._timeout = timeout
         self._purging: asyncio.Task[None] | None = None
+        self._notifying: asyncio.Task[None] | None = None
         self._reachability = _Reachability()
         # API work holds at most this many connections at once; the rest stay free for the
         # webhook receiver, whatever a flood of lookups does (issue 13).
@@ -313,7 +331,26 @@ class PostgresDatabase:
     async def close(self) -> None:
         if self._purging is not None:
             self._purging.cancel()
+        if self._notifying is not None:  # a command's last changes are announced too
+            await self._notifying
         await self.pool.close()
+
+    def feed_committed(self) -> None:
+        """A transaction that appended to the feed has committed: NOTIFY soon, once for all
+        the commits of the next ``FEED_NOTIFY_EVERY_SECONDS``."""
+        if self._notifying is None or self._notifying.done():
+            self._notifying = asyncio.ensure_future(self._notify_feed())
+
+    async def _notify_feed(self) -> None:
+        await asyncio.sleep(FEED_NOTIFY_EVERY_SECONDS)
+        try:
+            connection = await self._take()
+            try:
+                await connection.execute(_NOTIFY_FEED, prepare=False)
+            finally:
+                await self.pool.putconn(connection)
+        except Exception as error:  # listeners still poll: nothing is lost, only later
+            log.warning("feed_notify_failed", error_type=type(error).__name__)
 
     async def _take(self) -> psycopg.AsyncConnection[Row]:
         """A live pooled connection: dead ones are discarded and the next one taken at once."""
@@ -349,11 +386,15 @@ class _PostgresUnit:
     more on a fresh connection instead of failing the request.
     """
 
-    __slots__ = ("_connection", "_cursor", "_database", "_fresh", "_slot", "_write")
+    __slots__ = ("_appended", "_connection", "_cursor", "_database", "_fresh", "_slot", "_write")
 
     def __init__(self, database: PostgresDatabase, *, write: bool) -> None:
         self._database = database
         self._write = write
+        self._appended = False
+
+    def feed_appended(self) -> None:
+        self._appended = True
 
     async def __aenter__(self) -> Transaction:
         self._slot = await self._api_slot()
@@ -439,6 +480,8 @@ class _PostgresUnit:
             try:
                 if self._write and kind is None:
                     await self._cursor.execute(b"COMMIT", prepare=False)
+                    if self._appended:
+                        self._database.feed_committed()
                 elif self._write:
                     with contextlib.suppress(psycopg.Error):
                         await self._cursor.execute(b"ROLLBACK", prepare=False)
@@ -705,6 +748,10 @@ class _SqliteTransaction:
             _run, self._connection.connection, pending, statement.sqlite, params
         )
         return rows
+
+    def feed_appended(self) -> None:
+        """Nothing to do: SQLite has no NOTIFY; this process's receiver pokes its waiters, and
+        the other processes' waiters poll."""
 
     async def finish(self, last: str) -> None:
         """Send what is queued, then ``last`` (COMMIT, or nothing for a reader)."""

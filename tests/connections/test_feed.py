@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
+import psycopg
 import pytest
 from sqlalchemy import Engine
 from starlette.testclient import TestClient
@@ -179,3 +181,53 @@ def test_api_deletion_and_import_publish(
         (CREATED, "import", "legacy-1"),
         (ATTRIBUTED, "import", "conn-1"),
     ]
+
+
+@pytest.mark.anyio
+async def test_commits_that_append_are_announced_after_commit_in_one_notify(
+    settings: Settings, sync_engine: Engine, client: TestClient
+) -> None:
+    """A NOTIFY inside every writing transaction serialized the commits (Postgres's global
+    notify lock); the database layer announces committed appends itself, at most one NOTIFY
+    per FEED_NOTIFY_EVERY_SECONDS, and a command's last ones before it closes."""
+    if not settings.database_url.startswith("postgresql"):
+        pytest.skip("NOTIFY is Postgres's")
+    from app.db.database import FEED_CHANNEL, FEED_NOTIFY_EVERY_SECONDS, postgres_conninfo
+
+    conninfo = postgres_conninfo(settings.database_url)
+    async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as listener:
+        await listener.execute(f"LISTEN {FEED_CHANNEL}")
+
+        async def heard(seconds: float) -> int:
+            return len([n async for n in listener.notifies(timeout=seconds)])
+
+        # A webhook through the receiver: its commit is announced.
+        assert post(client, auth(connection_id="notify")) == "applied"
+        assert await heard(0.5) == 1
+        assert len(feed(sync_engine)) == 1
+
+        async with connected(settings) as database:
+            # Twenty commits at once: one NOTIFY (two if they straddle its moment).
+            async def append() -> None:
+                async with database.transaction() as tx:
+                    tx.feed_appended()
+
+            await asyncio.gather(*(append() for _ in range(20)))
+            await asyncio.sleep(FEED_NOTIFY_EVERY_SECONDS * 5)
+            assert 1 <= await heard(0.3) <= 2
+
+        async with connected(settings) as database:  # as a command does
+            async with database.transaction() as tx:
+                tx.feed_appended()
+            with contextlib.suppress(RuntimeError):
+                async with database.transaction() as tx:
+                    tx.feed_appended()
+                    raise RuntimeError("rolled back: nothing to announce")
+        # Announced before the command's database closed, not lost with it.
+        assert await heard(0.2) == 1
+        async with connected(settings) as database:
+            with contextlib.suppress(RuntimeError):
+                async with database.transaction() as tx:
+                    tx.feed_appended()
+                    raise RuntimeError("rolled back")
+        assert await heard(0.2) == 0
