@@ -317,9 +317,7 @@ class ReconnectSession(HTTPEndpoint):
 
 async def reconnect_session(state: AppState, connection: Connection) -> dict[str, Any]:
     """A reconnect session at Nango for a stored connection (the API's and the console's)."""
-    if connection.status == ConnectionStatus.DELETED:
-        raise Conflict("the connection is deleted: start a new Connect session", code=DELETED)
-    tags = reconnect_tags(connection)
+    tags = reconnect_tags(live(connection))
     if not tags:
         # The new session would carry no owner: better to say so than to re-authorize a
         # connection nobody here can attribute.
@@ -347,6 +345,7 @@ async def reconnect_session(state: AppState, connection: Connection) -> dict[str
 
 
 def live(connection: Connection) -> Connection:
+    """The connection, unless it is deleted (a 409): for the actions that need it live."""
     if connection.status == ConnectionStatus.DELETED:
         raise Conflict("the connection is deleted: start a new Connect session", code=DELETED)
     return connection
