@@ -336,12 +336,15 @@ async def reconnect_session(state: AppState, connection: Connection) -> dict[str
         except NangoRejected as error:
             if error.code != "unknown_connection":
                 raise
-            # Stored here but gone at Nango (a deletion whose webhook was lost): not a gateway
-            # failure, and not something a retry fixes.
-            raise NotFound(
-                "Nango no longer has this connection; `reconcile` marks it deleted",
-                code=UNKNOWN_AT_NANGO,
-            ) from None
+            raise _unknown_at_nango() from None
+
+
+def _unknown_at_nango() -> NotFound:
+    """A connection stored here but gone at Nango (a deletion whose webhook was lost): not a
+    gateway failure, and not something a retry fixes."""
+    return NotFound(
+        "Nango no longer has this connection; `reconcile` marks it deleted", code=UNKNOWN_AT_NANGO
+    )
 
 
 def live(connection: Connection) -> Connection:
@@ -358,10 +361,7 @@ def details_errors() -> Iterator[None]:
         try:
             yield
         except details.UnknownAtNango:
-            raise NotFound(
-                "Nango no longer has this connection; `reconcile` marks it deleted",
-                code=UNKNOWN_AT_NANGO,
-            ) from None
+            raise _unknown_at_nango() from None
         except details.TagsRefused as error:
             raise BadRequest(str(error), code=TOO_MANY_TAGS) from None
 
