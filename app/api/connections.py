@@ -51,7 +51,6 @@ from app.connections.model import (
 from app.connections.queries import ConnectionFilters
 from app.db.database import Transaction
 from app.errors import (
-    CONNECTION_NOT_FOUND,
     DELETED,
     TOO_MANY_TAGS,
     UNATTRIBUTED,
@@ -133,12 +132,9 @@ class Connections(HTTPEndpoint):
 
 async def _addressed(tx: Transaction, request: Request, selector: Selector) -> Connection:
     """The connection the path (and ``integration_id`` / ``environment``) names."""
-    connection_id: str = request.path_params["connection_id"]
-    if "\x00" in connection_id:  # Postgres text cannot hold NUL: no such connection is stored
-        raise NotFound(f"no connection {connection_id!r}", code=CONNECTION_NOT_FOUND)
     return await queries.load_connection(
         tx,
-        connection_id=connection_id,
+        connection_id=request.path_params["connection_id"],
         integration_id=selector.integration_id,
         environment=selector.environment,
     )
@@ -199,9 +195,6 @@ class ConnectionItem(HTTPEndpoint):
 async def _addressed_here(request: Request, integration_id: str | None) -> Connection:
     """The connection an action names, in the environment ``NANGO_SECRET_KEY`` belongs to."""
     state = app_state(request)
-    if integration_id is not None and "\x00" in integration_id:
-        # A body's integration_id is checked as text only; Postgres text cannot hold NUL.
-        raise NotFound(f"no integration {integration_id!r}", code=CONNECTION_NOT_FOUND)
     async with state.database.reader() as tx:
         return await _addressed(
             tx,
