@@ -16,7 +16,8 @@ events up to the mark are safe to hand out. Writers never wait for each other; a
 only for the appends in flight. On SQLite one writer commits at a time, so IDs commit in order.
 
 Appending on Postgres also sends ``NOTIFY feed_events`` (delivered at commit, merged within a
-transaction), which wakes streams and long polls in every instance (``app.connections.wakeup``).
+transaction), which each process's ``FeedSignal`` hears (``app.connections.feed_signal``): it
+wakes streams, long polls and the subscriptions dispatcher in every instance.
 """
 
 from __future__ import annotations
