@@ -51,7 +51,6 @@ from app.connections.model import (
 from app.connections.queries import ConnectionFilters
 from app.db.database import Transaction
 from app.errors import (
-    CONNECTION_NOT_FOUND,
     DELETED,
     TOO_MANY_TAGS,
     UNATTRIBUTED,
@@ -133,12 +132,9 @@ class Connections(Resource):
 
 async def _addressed(tx: Transaction, request: Request, selector: Selector) -> Connection:
     """The connection the path (and ``integration_id`` / ``environment``) names."""
-    connection_id: str = request.path_params["connection_id"]
-    if "\x00" in connection_id:  # Postgres text cannot hold NUL: no such connection is stored
-        raise NotFound(f"no connection {connection_id!r}", code=CONNECTION_NOT_FOUND)
     return await queries.load_connection(
         tx,
-        connection_id=connection_id,
+        connection_id=request.path_params["connection_id"],
         integration_id=selector.integration_id,
         environment=selector.environment,
     )
@@ -199,9 +195,6 @@ class ConnectionItem(Resource):
 async def _addressed_here(request: Request, integration_id: str | None) -> Connection:
     """The connection an action names, in the environment ``NANGO_SECRET_KEY`` belongs to."""
     state = app_state(request)
-    if integration_id is not None and "\x00" in integration_id:
-        # A body's integration_id is checked as text only; Postgres text cannot hold NUL.
-        raise NotFound(f"no integration {integration_id!r}", code=CONNECTION_NOT_FOUND)
     async with state.database.reader() as tx:
         return await _addressed(
             tx,
@@ -317,9 +310,7 @@ class ReconnectSession(Resource):
 
 async def reconnect_session(state: AppState, connection: Connection) -> dict[str, Any]:
     """A reconnect session at Nango for a stored connection (the API's and the console's)."""
-    if connection.status == ConnectionStatus.DELETED:
-        raise Conflict("the connection is deleted: start a new Connect session", code=DELETED)
-    tags = reconnect_tags(connection)
+    tags = reconnect_tags(live(connection))
     if not tags:
         # The new session would carry no owner: better to say so than to re-authorize a
         # connection nobody here can attribute.
@@ -338,15 +329,19 @@ async def reconnect_session(state: AppState, connection: Connection) -> dict[str
         except NangoRejected as error:
             if error.code != "unknown_connection":
                 raise
-            # Stored here but gone at Nango (a deletion whose webhook was lost): not a gateway
-            # failure, and not something a retry fixes.
-            raise NotFound(
-                "Nango no longer has this connection; `reconcile` marks it deleted",
-                code=UNKNOWN_AT_NANGO,
-            ) from None
+            raise _unknown_at_nango() from None
+
+
+def _unknown_at_nango() -> NotFound:
+    """A connection stored here but gone at Nango (a deletion whose webhook was lost): not a
+    gateway failure, and not something a retry fixes."""
+    return NotFound(
+        "Nango no longer has this connection; `reconcile` marks it deleted", code=UNKNOWN_AT_NANGO
+    )
 
 
 def live(connection: Connection) -> Connection:
+    """The connection, unless it is deleted (a 409): for the actions that need it live."""
     if connection.status == ConnectionStatus.DELETED:
         raise Conflict("the connection is deleted: start a new Connect session", code=DELETED)
     return connection
@@ -359,10 +354,7 @@ def details_errors() -> Iterator[None]:
         try:
             yield
         except details.UnknownAtNango:
-            raise NotFound(
-                "Nango no longer has this connection; `reconcile` marks it deleted",
-                code=UNKNOWN_AT_NANGO,
-            ) from None
+            raise _unknown_at_nango() from None
         except details.TagsRefused as error:
             raise BadRequest(str(error), code=TOO_MANY_TAGS) from None
 

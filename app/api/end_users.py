@@ -29,12 +29,10 @@ async def end_user_summary(request: Request) -> JSONResponse:
     await require_api_key(request)
     query = parse_query(SummaryQuery, request.query_params)
     end_user_id: str = request.path_params["end_user_id"]
-    summaries: list[queries.IntegrationSummary] = []
-    if "\x00" not in end_user_id:  # Postgres text cannot hold NUL: nobody has such an ID
-        async with app_state(request).database.reader() as tx:
-            summaries = await queries.end_user_summary(
-                tx, end_user_id=end_user_id, environment=query.environment
-            )
+    async with app_state(request).database.reader() as tx:
+        summaries = await queries.end_user_summary(
+            tx, end_user_id=end_user_id, environment=query.environment
+        )
     return JSONResponse(summary_json(end_user_id, summaries))
 
 

@@ -20,7 +20,8 @@ details name the fields that changed, never their values.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -226,6 +227,17 @@ async def refresh_connection(
 # Writes through Nango ------------------------------------------------------------------------
 
 
+@contextmanager
+def _unknown_at_nango() -> Iterator[None]:
+    """Nango's refusal for a connection (or integration) it has no longer, as UnknownAtNango."""
+    try:
+        yield
+    except NangoRejected as error:
+        if error.code in UNKNOWN_AT_NANGO:
+            raise UnknownAtNango(error.message) from None
+        raise
+
+
 async def write_metadata(
     *,
     database: Database,
@@ -240,7 +252,7 @@ async def write_metadata(
     A merge into metadata not known here yet reads the whole back from Nango.
     Raises UnknownAtNango when Nango has no such connection.
     """
-    try:
+    with _unknown_at_nango():
         await nango.update_metadata(
             connection.connection_id,
             connection.integration_id,
@@ -250,10 +262,6 @@ async def write_metadata(
         found = None
         if mode == "merge" and connection.metadata is None:
             found = await nango.get_connection(connection.connection_id, connection.integration_id)
-    except NangoRejected as error:
-        if error.code in UNKNOWN_AT_NANGO:
-            raise UnknownAtNango(error.message) from None
-        raise
     async with database.transaction() as tx:
         locked = await _locked(tx, connection)
         if mode == "replace":
@@ -309,14 +317,10 @@ async def update_connection(
     remove a tag. Raises TagsRefused before calling Nango, UnknownAtNango after.
     """
     tags = nango_tags(connection, update)
-    try:
+    with _unknown_at_nango():
         await nango.update_connection_tags(
             connection.connection_id, connection.integration_id, current=tags, changes={}
         )
-    except NangoRejected as error:
-        if error.code in UNKNOWN_AT_NANGO:
-            raise UnknownAtNango(error.message) from None
-        raise
     async with database.transaction() as tx:
         locked = await _locked(tx, connection)
         changed = [name for name, value in update.owner.items() if getattr(locked, name) != value]

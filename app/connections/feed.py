@@ -18,7 +18,7 @@ only for the appends in flight. On SQLite one writer commits at a time, so IDs c
 Once a transaction that appended has committed, the database layer sends ``NOTIFY
 feed_events`` on Postgres (``PostgresDatabase.feed_committed``: one NOTIFY for all the commits
 of 10 ms, not one per transaction), which wakes streams, long polls and dispatchers in every
-process (``app.connections.feed_signal``).
+process: each process's ``FeedSignal`` hears it (``app.connections.feed_signal``).
 """
 
 from __future__ import annotations

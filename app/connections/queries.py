@@ -37,6 +37,12 @@ class Page(Generic[T]):
     next_after_id: int | None
 
 
+def _unstorable(*values: str | None) -> bool:
+    """True if a value holds a NUL. Postgres text cannot, so no stored row matches it, and a
+    lookup by it finds nothing without asking (Postgres would refuse the query)."""
+    return any(value is not None and "\x00" in value for value in values)
+
+
 class ConnectionFilters(TypedDict, total=False):
     """The filters of a connection listing; every one given must match."""
 
@@ -146,6 +152,8 @@ async def find_by_connection_id(
     environment: str | None = None,
 ) -> list[Connection]:
     """Every connection (up to ``MAX_CANDIDATES + 1``) a connection ID names, newest first."""
+    if _unstorable(connection_id, integration_id, environment):
+        return []
     statement = _by_connection_id(integration_id is not None, environment is not None)
     params = {
         "connection_id": connection_id,
@@ -286,6 +294,8 @@ async def end_user_summary(
     Deleted connections are left out: an integration whose connections are all deleted is not
     connected, the same as one never connected, and is not listed.
     """
+    if _unstorable(end_user_id, environment):
+        return []
     statement = SUMMARY if environment is None else SUMMARY_IN_ENVIRONMENT
     rows = await tx.fetchall(statement, {"end_user_id": end_user_id, "environment": environment})
     summaries: dict[tuple[str, str], IntegrationSummary] = {}

@@ -152,10 +152,8 @@ async def connection(request: Request) -> Response:
 async def end_user(request: Request) -> Response:
     state = app_state(request)
     end_user_id: str = request.path_params["end_user_id"]
-    summaries: list[queries.IntegrationSummary] = []
-    if "\x00" not in end_user_id:  # Postgres text cannot hold NUL: nobody has such an ID
-        async with state.database.reader() as tx:
-            summaries = await queries.end_user_summary(tx, end_user_id=end_user_id)
+    async with state.database.reader() as tx:
+        summaries = await queries.end_user_summary(tx, end_user_id=end_user_id)
     return render(
         request,
         "end_user.html",

@@ -9,33 +9,13 @@ combination of filters is its own statement, rendered once and kept: a catch-all
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any, Literal
 
 from app.db.database import Database, Row, Statement, sql
 from app.webhooks.model import DeliveryOutcome
 
-# Delivery's fields, in order; DeliveryDetail adds body and headers.
-_COLUMNS = (
-    "id",
-    "received_at",
-    "webhook_type",
-    "operation",
-    "success",
-    "environment",
-    "integration_id",
-    "connection_id",
-    "outcome",
-    "error",
-    "processed_at",
-    "attempts",
-)
-_DETAIL_COLUMNS = (*_COLUMNS, "body", "headers")
-
-GET_DELIVERY = sql(
-    f"SELECT {', '.join(_DETAIL_COLUMNS)} FROM deliveries WHERE id = :id"  # noqa: S608 (fixed)
-)
 COUNT_FAILED = sql("SELECT count(*) FROM deliveries WHERE outcome = 'failed'")
 
 MAX_LIMIT = 500
@@ -61,7 +41,7 @@ class Delivery:
 
     @classmethod
     def from_row(cls, row: Row) -> Delivery:
-        return cls(*row[: len(_COLUMNS)])
+        return cls(*row[: len(COLUMNS)])
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +54,15 @@ class DeliveryDetail(Delivery):
     @classmethod
     def from_row(cls, row: Row) -> DeliveryDetail:
         return cls(*row)
+
+
+# The columns read, in the order of the fields (the inbox writes every one but ``id``).
+COLUMNS = tuple(item.name for item in fields(Delivery))
+DETAIL_COLUMNS = tuple(item.name for item in fields(DeliveryDetail))
+
+GET_DELIVERY = sql(
+    f"SELECT {', '.join(DETAIL_COLUMNS)} FROM deliveries WHERE id = :id"  # noqa: S608 (fixed)
+)
 
 
 # What each filter adds to the WHERE clause; its parameter has the filter's name.
@@ -125,7 +114,7 @@ def _list_statement(names: frozenset[str], order: Order) -> Statement:
         conditions.append("id < :after" if order == "newest" else "id > :after")
         direction = "DESC" if order == "newest" else "ASC"
         _LISTS[key] = sql(
-            f"SELECT {', '.join(_COLUMNS)} FROM deliveries"  # noqa: S608 (fixed names)
+            f"SELECT {', '.join(COLUMNS)} FROM deliveries"  # noqa: S608 (fixed names)
             f" WHERE {' AND '.join(conditions)} ORDER BY id {direction} LIMIT :limit"
         )
     return _LISTS[key]

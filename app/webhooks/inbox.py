@@ -27,6 +27,7 @@ from app.db.database import Database, Transaction, sql
 from app.db.types import utcnow
 from app.errors import is_database_unavailable
 from app.logs import get_logger
+from app.webhooks.deliveries import DETAIL_COLUMNS
 from app.webhooks.model import DeliveryOutcome
 from app.webhooks.payloads import Envelope
 from app.webhooks.rules import apply_delivery, expected_outcome
@@ -36,22 +37,8 @@ log = get_logger(__name__)
 # Headers worth keeping for diagnosis. Signatures are never stored.
 KEPT_HEADERS = ("content-type", "user-agent", "x-request-id", "x-forwarded-for")
 
-_INSERT_COLUMNS = (
-    "dedupe_key",
-    "received_at",
-    "webhook_type",
-    "operation",
-    "success",
-    "environment",
-    "integration_id",
-    "connection_id",
-    "body",
-    "headers",
-    "outcome",
-    "error",
-    "processed_at",
-    "attempts",
-)
+# The columns app.webhooks.deliveries reads, but the generated id, and the dedupe key.
+_INSERT_COLUMNS = ("dedupe_key", *(name for name in DETAIL_COLUMNS if name != "id"))
 INSERT_DELIVERY = sql(
     f"INSERT INTO deliveries ({', '.join(_INSERT_COLUMNS)})"  # noqa: S608 (fixed names)
     f" VALUES ({', '.join(':' + name for name in _INSERT_COLUMNS)})"

@@ -1,4 +1,4 @@
-"""The connection state rules of app/connections/state.py, driven over HTTP."""
+"""The connection state rules of app/webhooks/rules.py, driven over HTTP."""
 
 from __future__ import annotations
 
