@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlmodel import SQLModel
 
+import app.db.tables  # noqa: F401  (registers the tables on the metadata)
 from app.connections.model import CONNECTION_FIELDS
 from app.connections.store import MUTABLE_COLUMNS, NEW_COLUMNS
 
