@@ -79,15 +79,15 @@ def test_a_disconnect_after_the_answer_cancels_nothing() -> None:
     assert headers[b"x-content-type-options"] == b"nosniff"
 
 
-def test_every_line_logged_during_a_request_carries_its_id_and_none_after() -> None:
-    import io
+def test_every_line_logged_during_a_request_carries_its_id_and_none_after(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     import json
     import logging
 
     from app.logs import configure_logging, get_logger
 
-    stream = io.StringIO()
-    configure_logging("info", stream=stream)
+    configure_logging("info")  # on (the current) standard error, as the service logs
     log = get_logger("tests.handler")
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
@@ -107,9 +107,10 @@ def test_every_line_logged_during_a_request_carries_its_id_and_none_after() -> N
 
     try:
         asyncio.run(scenario())
+        err = capsys.readouterr().err
     finally:
         logging.getLogger().handlers.clear()
-    lines = {line["event"]: line for line in map(json.loads, stream.getvalue().splitlines())}
+    lines = {line["event"]: line for line in map(json.loads, err.splitlines()) if line}
     assert lines["inside"]["request_id"] == "the-request"
     assert lines["also inside"]["request_id"] == "the-request"
     assert lines["request"]["request_id"] == "the-request"
