@@ -3,6 +3,7 @@ loopback ports that verify every request with the ``standardwebhooks`` library."
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -12,7 +13,6 @@ import pytest
 from sqlalchemy import Engine, text
 from starlette.testclient import TestClient
 
-from app.application import create_app
 from tests import secret_scan
 from tests.subscriptions.subscriber import Received, Subscriber, wait_for
 from tests.webhooks.helpers import auth_body, signed_headers
@@ -32,19 +32,9 @@ def subscribers() -> Iterator[list[Subscriber]]:
 
 
 @pytest.fixture
-def make(make_settings: Any) -> Iterator[Any]:
-    opened: list[TestClient] = []
-
-    def build(**overrides: Any) -> TestClient:
-        settings = make_settings(**{**FAST, **overrides})
-        client = TestClient(create_app(settings), raise_server_exceptions=False)
-        client.__enter__()
-        opened.append(client)
-        return client
-
-    yield build
-    for client in opened:
-        client.__exit__(None, None, None)
+def make(make_client: Any) -> Any:
+    """The app with a dispatcher that looks and retries often."""
+    return functools.partial(make_client, **FAST)
 
 
 def subscribe(
