@@ -202,7 +202,10 @@ def test_the_trigger_and_replay_choose_the_same_events(
     paused = client.post(
         "/v1/subscriptions", json={"url": "http://127.0.0.1:9/x"}, headers=auth_headers
     ).json()["data"]["id"]
-    client.patch(f"/v1/subscriptions/{paused}", json={"status": "paused"}, headers=auth_headers)
+    pausing = client.patch(
+        f"/v1/subscriptions/{paused}", json={"status": "paused"}, headers=auth_headers
+    )
+    assert pausing.json()["data"]["status"] == "paused", pausing.text
     change_connections(client, count=3)
     queued = _queued(sync_engine)
     assert len(queued[ids[0]]) == 9
