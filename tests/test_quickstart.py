@@ -11,13 +11,10 @@ import json
 import os
 import re
 import subprocess
-import time
-import urllib.request
 from pathlib import Path
 
-import pytest
-
 from tests.net import free_port
+from tests.serve import serving
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,18 +39,6 @@ def bash(script: str, *, cwd: Path, env: dict[str, str], timeout: float = 90) ->
     return done.stdout
 
 
-def wait_for_health(port: int, server: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert server.poll() is None, log.read_text()
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
-                return
-        except OSError:
-            time.sleep(0.2)
-    pytest.fail(f"serve did not answer within 30 s:\n{log.read_text()}")
-
-
 def test_the_quickstart_as_written(tmp_path: Path) -> None:
     first, second = quickstart_blocks()
     assert "make run" in first.splitlines()
@@ -68,23 +53,11 @@ def test_the_quickstart_as_written(tmp_path: Path) -> None:
     bash(first.replace("make run", "true"), cwd=tmp_path, env=env)
     with (tmp_path / ".env").open("a", encoding="utf-8") as dotenv:
         dotenv.write(f"PORT={port}\n")
-    log = tmp_path / "serve.log"
     start = ". .venv/bin/activate && nango-registry migrate && exec nango-registry serve"
-    with log.open("wb") as sink:
-        server = subprocess.Popen(
-            ["/bin/bash", "-c", start],
-            cwd=tmp_path,
-            env=env,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        wait_for_health(port, server, log)
+    # serve finds its port in .env, as the other commands do.
+    with serving(env, cwd=tmp_path, port=port, command=["/bin/bash", "-c", start]):
         # The second terminal, word for word but for the port.
         out = bash(second.replace("127.0.0.1:8000", f"127.0.0.1:{port}"), cwd=tmp_path, env=env)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     lookup = json.loads(out.splitlines()[-1])
     (connection,) = lookup["data"]
     assert connection["end_user"]["id"] == "user_42"

@@ -17,8 +17,8 @@ from starlette.testclient import TestClient
 
 from app.api.keys import hash_key
 from tests.conftest import TEST_API_KEY, TEST_SIGNING_KEY
-from tests.reliability.server import Served, serve, stop
 from tests.rows import feed
+from tests.serve import Served, start, stop
 from tests.webhooks.helpers import auth_body, signed_headers
 
 AUTH = {"Authorization": f"Bearer {TEST_API_KEY}"}
@@ -138,7 +138,7 @@ def served(database_url: str, tmp_path: Path, name: str) -> Iterator[Served]:
         "FEED_POLL_INTERVAL_SECONDS": "0.2",
         "GRACEFUL_SHUTDOWN_SECONDS": "20",
     }
-    server = serve(env=env, output=tmp_path / f"{name}.log")
+    server = start(env, cwd=tmp_path, log=tmp_path / f"{name}.log")
     try:
         yield server
     finally:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,7 +12,6 @@ from sqlmodel import Session, SQLModel
 from starlette.testclient import TestClient
 
 from app.api.keys import hash_key
-from app.application import create_app
 from app.db.tables import ApiKeyTable
 from app.subscriptions import signing
 from tests import secret_scan
@@ -25,20 +24,9 @@ URL = "https://billing.example/hooks/connections"
 
 
 @pytest.fixture
-def make(make_settings: Any) -> Iterator[Any]:
+def make(make_client: Any) -> Any:
     """The app without a dispatcher (nothing is sent from these tests)."""
-    opened: list[TestClient] = []
-
-    def build(**overrides: Any) -> TestClient:
-        settings = make_settings(subscription_dispatch=False, **overrides)
-        client = TestClient(create_app(settings), raise_server_exceptions=False)
-        client.__enter__()
-        opened.append(client)
-        return client
-
-    yield build
-    for client in opened:
-        client.__exit__(None, None, None)
+    return functools.partial(make_client, subscription_dispatch=False)
 
 
 @pytest.fixture

@@ -1,8 +1,6 @@
 from __future__ import annotations
 
-import logging
 import time
-from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import Engine, text
@@ -10,21 +8,6 @@ from starlette.testclient import TestClient
 
 from app.api.keys import REFRESH_SECONDS
 from app.cli import main
-
-
-@pytest.fixture
-def cli_env(
-    monkeypatch: pytest.MonkeyPatch, database_url: str, sync_engine: Engine
-) -> Iterator[None]:
-    """The CLI reads its settings from the environment, like in production."""
-    monkeypatch.setenv("DATABASE_URL", database_url)
-    monkeypatch.setenv("LOG_LEVEL", "warning")
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    # The CLI configures logging onto this test's captured stdout; later tests must not inherit it.
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

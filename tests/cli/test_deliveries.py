@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,21 +13,6 @@ from app.cli import main
 from tests.rows import add_delivery
 
 START = datetime(2026, 11, 1, tzinfo=UTC)
-
-
-@pytest.fixture
-def cli_env(
-    monkeypatch: pytest.MonkeyPatch, database_url: str, sync_engine: Engine, tmp_path: Path
-) -> Iterator[None]:
-    monkeypatch.chdir(tmp_path)  # no stray .env
-    monkeypatch.setenv("DATABASE_URL", database_url)
-    # Info, as the suite logs: structlog keeps a logger at the level it was first used with.
-    monkeypatch.setenv("LOG_LEVEL", "info")
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 @pytest.fixture

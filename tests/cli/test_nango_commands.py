@@ -22,9 +22,7 @@ RUNS = SQLModel.metadata.tables["reconcile_runs"]
 
 
 @pytest.fixture
-def cli_env(monkeypatch: pytest.MonkeyPatch, database_url: str, tmp_path: Path) -> None:
-    monkeypatch.chdir(tmp_path)  # no stray .env
-    monkeypatch.setenv("DATABASE_URL", database_url)
+def cli_env(cli_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("REGISTRY_API_KEYS", TEST_API_KEY)
     monkeypatch.setenv("NANGO_ENVIRONMENT", "prod")
 

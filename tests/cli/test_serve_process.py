@@ -10,11 +10,9 @@ import hashlib
 import hmac
 import http.client
 import json
-import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -29,119 +27,36 @@ from sqlalchemy import Engine, text
 
 from tests.conftest import TEST_API_KEY, TEST_SIGNING_KEY
 from tests.net import free_port
-from tests.reliability.server import kill_group
+from tests.serve import Served, serving, suite_settings
 
 # Heroku sends SIGKILL 30 s after SIGTERM; the service promises to be gone within 25 s.
 EXIT_DEADLINE_SECONDS = 25.0
 WEBHOOK_PATH = "/webhooks/nango"
 
 
-@dataclass
-class Server:
-    process: subprocess.Popen[bytes]
-    port: int
-    log: Path
+def terminate_and_wait(server: Served) -> float:
+    """Send SIGTERM; return the seconds until the process exited."""
+    sent = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    try:
+        server.process.wait(timeout=EXIT_DEADLINE_SECONDS + 5)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait()
+        pytest.fail(f"serve ignored SIGTERM for {EXIT_DEADLINE_SECONDS + 5} s:\n{tail(server)}")
+    return time.monotonic() - sent
 
-    def request(
-        self,
-        method: str,
-        path: str,
-        body: bytes | None = None,
-        headers: dict[str, str] | None = None,
-        timeout: float = 10.0,
-    ) -> tuple[int, bytes]:
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        try:
-            connection.request(method, path, body=body, headers=headers or {})
-            response = connection.getresponse()
-            return response.status, response.read()
-        finally:
-            connection.close()
 
-    def terminate_and_wait(self) -> float:
-        """Send SIGTERM; return the seconds until the process exited."""
-        sent = time.monotonic()
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=EXIT_DEADLINE_SECONDS + 5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            pytest.fail(
-                f"serve ignored SIGTERM for {EXIT_DEADLINE_SECONDS + 5} s:\n{self.output()}"
-            )
-        return time.monotonic() - sent
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
-
-    def events(self, name: str) -> int:
-        """How many JSON log lines carry this event."""
-        count = 0
-        for line in self.log.read_text(errors="replace").splitlines():
-            try:
-                count += json.loads(line).get("event") == name
-            except (ValueError, AttributeError):
-                continue
-        return count
+def tail(server: Served) -> str:
+    return server.text()[-4000:]
 
 
 @contextmanager
 def serve(
     tmp_path: Path, database_url: str, *, workers: int = 1, **settings: str
-) -> Iterator[Server]:
-    port = free_port()
-    # Only what the service needs: nothing from the developer's shell leaks into the test.
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(tmp_path),
-        "LANG": "C.UTF-8",
-        "DATABASE_URL": database_url,
-        "SECRET_KEY": "test-secret-key",
-        "NANGO_WEBHOOK_SIGNING_KEYS": TEST_SIGNING_KEY,
-        "REGISTRY_API_KEYS": TEST_API_KEY,
-        "NANGO_HOST": "http://127.0.0.1:9",
-        "NANGO_SECRET_KEY": "test-nango-secret-key",
-        "LOG_LEVEL": "info",
-        "WEB_CONCURRENCY": str(workers),
-        **settings,
-    }
-    command = Path(sys.executable).with_name("nango-registry")
-    log = tmp_path / f"serve-{port}.log"
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [str(command), "serve", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=tmp_path,
-            env=env,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: cleanup reaches every worker
-        )
-    server = Server(process=process, port=port, log=log)
-    try:
-        _wait_until_serving(server, workers)
+) -> Iterator[Served]:
+    with serving(suite_settings(database_url, **settings), cwd=tmp_path, workers=workers) as server:
         yield server
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        kill_group(process)
-
-
-def _wait_until_serving(server: Server, workers: int) -> None:
-    """Until /healthz answers and every worker has started (one can answer before the other)."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            pytest.fail(f"serve exited with {server.process.returncode}:\n{server.output()}")
-        try:
-            healthy = server.request("GET", "/healthz", timeout=1)[0] == 200
-            if healthy and server.events("started") == workers:
-                return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    pytest.fail(f"serve did not answer /healthz within 60 s:\n{server.output()}")
 
 
 @dataclass
@@ -201,11 +116,11 @@ def test_sigterm_during_a_burst_exits_promptly_and_answers_everything_it_accepte
 
         pool = burst.run(probe, threads=16)
         _wait_for(lambda: burst.count() >= 50)
-        elapsed = server.terminate_and_wait()
+        elapsed = terminate_and_wait(server)
         burst.stop.set()
         pool.shutdown(wait=True)
         returncode = server.process.returncode
-        output = server.output()
+        output = tail(server)
 
     assert elapsed < EXIT_DEADLINE_SECONDS, output
     # A single uvicorn process re-raises SIGTERM once its graceful shutdown is done, so it ends
@@ -233,7 +148,7 @@ def test_several_workers_share_their_metrics(tmp_path: Path, database_url: str) 
         headers = {"Authorization": f"Bearer {TEST_API_KEY}"}
         # Whichever worker answers the scrape, it reports the requests of both.
         exposed = [server.request("GET", "/metrics", headers=headers) for _ in range(4)]
-        server.terminate_and_wait()
+        terminate_and_wait(server)
     counts = set()
     for status, body in exposed:
         assert status == 200
@@ -321,7 +236,7 @@ def test_sigterm_during_a_webhook_burst_stores_every_acknowledged_delivery(
         pool.shutdown(wait=True)
         server.process.wait(timeout=EXIT_DEADLINE_SECONDS + 5)
         elapsed = time.monotonic() - sent
-        output = server.output()
+        output = tail(server)
 
     assert elapsed < EXIT_DEADLINE_SECONDS, output
     assert server.process.returncode in {0, -signal.SIGTERM}, output
@@ -344,9 +259,9 @@ def test_a_stalled_request_cannot_hold_shutdown_past_the_grace_period(
     with serve(tmp_path, database_url, GRACEFUL_SHUTDOWN_SECONDS=str(grace)) as server:
         stalled = SlowDelivery(server.port)  # its body never comes
         time.sleep(0.3)
-        elapsed = server.terminate_and_wait()
+        elapsed = terminate_and_wait(server)
         stalled.socket.close()
-        output = server.output()
+        output = tail(server)
     assert grace <= elapsed < grace + 5, output
     assert hashlib.sha256(stalled.body).hexdigest() not in _stored_dedupe_keys(sync_engine)
 
@@ -358,8 +273,8 @@ def test_start_up_says_what_is_configured_and_what_will_fail(
     with serve(
         tmp_path, database_url, NANGO_WEBHOOK_SIGNING_KEYS=",", SECRET_KEY="short"
     ) as server:
-        server.terminate_and_wait()
-    lines = [json.loads(line) for line in server.output().splitlines() if line.startswith("{")]
+        terminate_and_wait(server)
+    lines = server.lines()
     (summary,) = [line for line in lines if line["event"] == "configuration"]
     assert summary["signing_key_environments"] == []
     assert summary["api_keys_configured"] == 1
@@ -382,23 +297,6 @@ def test_make_run_and_serve_take_port_from_dotenv(tmp_path: Path, database_url: 
     (tmp_path / ".env").write_text(
         f"PORT={port}\nDATABASE_URL={database_url}\nLOG_LEVEL=WARNING\n", encoding="utf-8"
     )
-    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path), "LANG": "C.UTF-8"}
-    command = Path(sys.executable).with_name("nango-registry")
-    process = subprocess.Popen(
-        [str(command), "serve"], cwd=tmp_path, env=env, stderr=subprocess.PIPE
-    )
-    try:
-        server = Server(process=process, port=port, log=tmp_path / "unused.log")
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                assert server.request("GET", "/readyz", timeout=1)[0] == 200
-                break
-            except OSError:
-                assert process.poll() is None
-                time.sleep(0.2)
-        else:
-            pytest.fail("serve did not bind PORT from .env")
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    # No HOST, PORT or WEB_CONCURRENCY in its environment: serve finds the port in .env alone.
+    with serving({}, cwd=tmp_path, port=port, ready="/readyz") as server:
+        assert server.request("GET", "/readyz")[0] == 200

@@ -147,10 +147,16 @@ def test_no_key_for_the_environment_is_one_line(
 
 
 def test_a_refusal_exits_1(
-    through_app: list[httpx2.Request], monkeypatch: pytest.MonkeyPatch
+    through_app: list[httpx2.Request],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setenv("NANGO_WEBHOOK_SIGNING_KEYS", "prod=another-key")
     assert main(["simulate", "deletion", "--connection", "c"]) == 1
+    # Posted, and refused by the service: not a failure before sending.
+    assert len(through_app) == 1
+    answer = capsys.readouterr().out.splitlines()[-1]
+    assert answer.startswith("401 "), answer
 
 
 def test_a_tag_is_key_equals_value(capsys: pytest.CaptureFixture[str]) -> None:

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import logging
-from collections.abc import Iterator
 
 import pytest
-import structlog
 from sqlalchemy import Engine
 
 from app.cli import main
@@ -17,20 +14,8 @@ from tests.conftest import TEST_SECRET
 
 
 @pytest.fixture
-def cli_env(
-    monkeypatch: pytest.MonkeyPatch, database_url: str, sync_engine: Engine
-) -> Iterator[None]:
-    monkeypatch.setenv("DATABASE_URL", database_url)
+def cli_env(cli_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SECRET_KEY", TEST_SECRET)
-    monkeypatch.setenv("LOG_LEVEL", "warning")
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    saved_structlog = structlog.get_config()
-    yield
-    # The CLI configures logging at LOG_LEVEL; later tests must not inherit it.
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    structlog.configure(**saved_structlog)
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

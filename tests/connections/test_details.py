@@ -116,6 +116,8 @@ def test_a_fetch_that_keeps_failing_is_left_to_reconcile(
     fake_nango.fail_next(2)
     post_webhook(api, auth_body(connection_id="c1", operation="override"))
     settle(api)
+    # Both attempts were made, and failed: nothing stored, nothing more asked.
+    assert len(fake_nango.requests_to("GET", "/connections/c1")) == 2
     assert connection_row(sync_engine, "c1").connection_config is None
 
 

@@ -101,6 +101,7 @@ def test_actions_on_an_unknown_connection_are_404(console: TestClient) -> None:
     for verb in ("delete", "reconnect"):
         response = post_form(console, f"/console/connections/424242/{verb}", {"confirm": "yes"})
         assert response.status_code == 404
+        assert "<code>connection_not_found</code>" in response.text
 
 
 def test_reconcile_now_runs_against_nango(
@@ -113,7 +114,7 @@ def test_reconcile_now_runs_against_nango(
     assert connection_row(sync_engine, "from-nango").end_user_id == "u9"
     page = console.get(response.headers["location"]).text
     assert "Reconciliation finished" in page
-    assert "console" in page
+    assert "<td>console</td>" in page  # the run's trigger
     assert "created 1" in page
 
 
@@ -166,7 +167,9 @@ def test_revoke_stops_the_key(console: TestClient) -> None:
     assert "The key is revoked" in page
     assert ">Revoke</button>" not in page
     assert post_form(console, "/console/api-keys/temp/revoke").status_code == 303
-    assert post_form(console, "/console/api-keys/nobody/revoke").status_code == 404
+    unknown = post_form(console, "/console/api-keys/nobody/revoke")
+    assert unknown.status_code == 404
+    assert "<code>key_not_found</code>" in unknown.text
 
 
 def _failed_delivery(console: TestClient, sync_engine: Engine, connection_id: str) -> int:
@@ -205,7 +208,9 @@ def test_replay_applies_a_failed_delivery(console: TestClient, sync_engine: Engi
     assert "The delivery was replayed" in after
     assert "outcome-applied" in after, after
     assert connection_row(sync_engine, "conn-9").end_user_id == "u1"
-    assert post_form(console, "/console/deliveries/424242/replay").status_code == 404
+    unknown = post_form(console, "/console/deliveries/424242/replay")
+    assert unknown.status_code == 404
+    assert "<code>delivery_not_found</code>" in unknown.text
 
 
 def test_replay_all_failed(console: TestClient, sync_engine: Engine) -> None:

@@ -15,8 +15,8 @@ import pytest
 from app.db.database import DatabaseTimeout
 from app.db.readiness import NO_SCHEMA, describe_error
 from tests.cli.commands import Ran, run_cli
-from tests.cli.test_serve_process import serve
-from tests.conftest import DEFAULT_TEST_DATABASE_URL, TEST_API_KEY, TEST_SIGNING_KEY
+from tests.conftest import DEFAULT_TEST_DATABASE_URL, TEST_API_KEY
+from tests.serve import serving, stop, suite_settings
 
 # Every command that reads or writes the database.
 COMMANDS = [
@@ -83,13 +83,13 @@ def test_a_postgres_database_that_does_not_exist(tmp_path: Path) -> None:
 
 def test_serve_starts_and_readyz_says_why(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'absent.db'}"
-    with serve(tmp_path, url, NANGO_WEBHOOK_SIGNING_KEYS=TEST_SIGNING_KEY) as server:
+    with serving(suite_settings(url), cwd=tmp_path) as server:
         status, body = server.request("GET", "/readyz")
         lookup_status, lookup = server.request(
             "GET", "/v1/connections", headers={"Authorization": f"Bearer {TEST_API_KEY}"}
         )
-        server.terminate_and_wait()
-        logs = [json.loads(line) for line in server.output().splitlines() if line.startswith("{")]
+        stop(server)
+        logs = server.lines()
     reason = json.loads(body)["reason"]
     assert (status, reason.split(":")[0]) == (
         503,

@@ -31,7 +31,7 @@ from tests.reliability.sender import (
     make_delivery,
     run_load,
 )
-from tests.reliability.server import Served, serve, stop
+from tests.serve import Served, start, stop
 
 pytestmark = [postgres_pass_only(), pytest.mark.slow]
 
@@ -99,7 +99,7 @@ def outage(pgcluster: PgCluster) -> Iterator[OutageRun]:
     output = RESULTS_DIR / f"serve-database-outage-{MODE}.log"
     output.parent.mkdir(parents=True, exist_ok=True)
     with running(fake) as nango_url:
-        served = serve(env=scenario.server_env(pgcluster, nango_url), output=output)
+        served = start(scenario.server_env(pgcluster, nango_url), cwd=output.parent, log=output)
         try:
             down_at, up_at, ready_at = asyncio.run(_scenario(served, pgcluster, deliveries))
             yield OutageRun(pgcluster, served, fake, deliveries, down_at, up_at, ready_at)

@@ -28,7 +28,7 @@ from tests.reliability.sender import (
     make_delivery,
     run_load,
 )
-from tests.reliability.server import Served, serve, stop
+from tests.serve import Served, start, stop
 
 pytestmark = [postgres_pass_only(), pytest.mark.slow]
 
@@ -91,9 +91,10 @@ def test_killed_worker_loses_no_acknowledged_delivery(pgcluster: PgCluster) -> N
     deliveries = [
         make_delivery(index, "crash") for index in range(int(PLAN.rate_per_second * PLAN.seconds))
     ]
-    served = serve(
-        env=scenario.server_env(pgcluster),
-        output=RESULTS_DIR / f"serve-worker-crash-{MODE}.log",
+    served = start(
+        scenario.server_env(pgcluster),
+        cwd=RESULTS_DIR,
+        log=RESULTS_DIR / f"serve-worker-crash-{MODE}.log",
         workers=2,
     )
     try:

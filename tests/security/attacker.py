@@ -4,10 +4,8 @@ requests written byte by byte on a socket where the framing is the point."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import TEST_API_KEY, TEST_SIGNING_KEY
-from tests.net import free_port
+from tests.conftest import TEST_API_KEY
+from tests.serve import Served, serving, suite_settings
 
 SLOW_LOOKUPS = Path(__file__).resolve().parent / "slow"
 BEARER = f"Authorization: Bearer {TEST_API_KEY}"
@@ -36,9 +34,17 @@ class Answer:
 
 @dataclass
 class Server:
-    process: subprocess.Popen[bytes]
-    port: int
-    log: Path
+    """A running server and requests written as they are on a socket."""
+
+    served: Served
+
+    @property
+    def port(self) -> int:
+        return self.served.port
+
+    @property
+    def process(self) -> subprocess.Popen[bytes]:
+        return self.served.process
 
     def connect(self, timeout: float = 10.0) -> socket.socket:
         return socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
@@ -61,16 +67,10 @@ class Server:
 
     def lines(self) -> list[dict[str, Any]]:
         """The JSON log lines written so far."""
-        found = []
-        for line in self.log.read_text(errors="replace").splitlines():
-            try:
-                found.append(json.loads(line))
-            except ValueError:
-                continue
-        return found
+        return self.served.lines()
 
     def text(self) -> str:
-        return self.log.read_text(errors="replace")
+        return self.served.text()
 
 
 def read_answer(sock: socket.socket, started: float) -> Answer:
@@ -117,53 +117,7 @@ def serve(
 ) -> Iterator[Server]:
     """``nango-registry serve`` with the suite's keys; ``slow_lookups="yes"``: every connection
     listing first runs a statement that never ends by itself (tests/security/slow)."""
-    port = free_port()
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(tmp_path),
-        "LANG": "C.UTF-8",
-        "DATABASE_URL": database_url,
-        "SECRET_KEY": "test-secret-key",
-        "NANGO_WEBHOOK_SIGNING_KEYS": TEST_SIGNING_KEY,
-        "REGISTRY_API_KEYS": TEST_API_KEY,
-        "NANGO_HOST": "http://127.0.0.1:9",
-        "NANGO_SECRET_KEY": "test-nango-secret-key",
-        "LOG_LEVEL": "info",
-        **settings,
-    }
     if slow_lookups:
-        env["PYTHONPATH"] = str(SLOW_LOOKUPS)
-    command = Path(sys.executable).with_name("nango-registry")
-    log = tmp_path / f"serve-{port}.log"
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [str(command), "serve", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=tmp_path,
-            env=env,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    server = Server(process=process, port=port, log=log)
-    try:
-        _wait_until_serving(server)
-        yield server
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _wait_until_serving(server: Server) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"serve exited:\n{server.text()[-3000:]}")
-        try:
-            if server.request("GET", "/healthz", timeout=1).status == 200:
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"serve did not answer /healthz within 30 s:\n{server.text()[-3000:]}")
+        settings["PYTHONPATH"] = str(SLOW_LOOKUPS)
+    with serving(suite_settings(database_url, **settings), cwd=tmp_path) as served:
+        yield Server(served)

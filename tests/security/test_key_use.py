@@ -32,6 +32,7 @@ def test_last_use_is_recorded_once_a_minute_and_listed(
     with Session(sync_engine) as session:
         session.add(ApiKeyTable(name="billing", key_hash=hash_key("billing-secret")))
         session.add(ApiKeyTable(name="forgotten", key_hash=hash_key("forgotten-secret")))
+        session.add(ApiKeyTable(name="probe", key_hash=hash_key("probe-secret")))
         session.commit()
     with serve(tmp_path, database_url) as server:
         for _ in range(20):
@@ -45,7 +46,13 @@ def test_last_use_is_recorded_once_a_minute_and_listed(
             time.sleep(0.05)
         first = _last_used(sync_engine)["billing"]
         server.request("GET", "/v1/connections", "Authorization: Bearer billing-secret")
-        time.sleep(0.3)
+        # Uses are written in the order they are noted: once the probe's (noted after it) is
+        # written, billing's second use would have been, had it been noted.
+        server.request("GET", "/v1/connections", "Authorization: Bearer probe-secret")
+        deadline = time.monotonic() + 5
+        while _last_used(sync_engine)["probe"] is None:
+            assert time.monotonic() < deadline, "the probe's use was never recorded"
+            time.sleep(0.05)
         assert _last_used(sync_engine)["billing"] == first  # once a minute, not per request
     assert _last_used(sync_engine)["forgotten"] is None
 

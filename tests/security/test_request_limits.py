@@ -6,6 +6,7 @@ stall, and headers past 64 KB or 100 lines.
 
 from __future__ import annotations
 
+import select
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,7 +55,7 @@ def test_bodies_past_their_limit_are_refused_while_reading(server: Server) -> No
 
 @pytest.mark.parametrize(
     ("path", "status", "code"),
-    [(SESSION, 408, "body_timeout"), ("/webhooks/nango", 503, "body_timeout")],
+    [(SESSION, 408, "body_timeout"), ("/webhooks/nango", 503, "webhook_body_timeout")],
 )
 @pytest.mark.parametrize("trickle", [False, True])
 def test_a_stalled_body_is_cut_off_in_bounded_time(
@@ -63,20 +64,16 @@ def test_a_stalled_body_is_cut_off_in_bounded_time(
     with server.connect() as sock:
         started = time.monotonic()
         sock.sendall(_head("POST", path, BEARER, "Content-Length: 1000"))
-        sock.settimeout(0.3)
-        answer_bytes = b""
-        # A byte every 0.2 s (or nothing at all) for as long as the server lets it.
+        # A byte every 0.3 s (or nothing at all) for as long as the server lets it.
         while time.monotonic() - started < BODY_TIMEOUT + 5:
-            try:
-                answer_bytes = sock.recv(65536)
+            if select.select([sock], [], [], 0.3)[0]:
                 break
-            except TimeoutError:
-                if trickle:
-                    sock.sendall(b"{")
-        elapsed = time.monotonic() - started
-        assert answer_bytes.startswith(f"HTTP/1.1 {status}".encode()), answer_bytes
-        assert code.encode() in answer_bytes or b"\r\n\r\n" in answer_bytes
-    assert BODY_TIMEOUT - 0.1 < elapsed < BODY_TIMEOUT + 2
+            if trickle:
+                sock.sendall(b"{")
+        answer = read_answer(sock, started)
+    assert answer.status == status, answer
+    assert answer.json()["error"]["code"] == code
+    assert BODY_TIMEOUT - 0.1 < answer.seconds < BODY_TIMEOUT + 2
     # Nothing was held: the next request is answered at once.
     assert server.request("GET", "/healthz").status == 200
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
@@ -190,8 +191,16 @@ async def test_a_subscription_failing_long_enough_is_disabled_and_a_success_clea
     dispatcher = make_dispatcher(
         Subscriber(answer), subscription_disable_after_seconds=60, subscription_max_in_flight=1
     )
-    await run_until(dispatcher, lambda: len(rows(sync_engine, ATTEMPTS)) >= 2)
-    await asyncio.sleep(0.2)  # nothing more is sent to the disabled one
+    settled: list[float] = []
+
+    def disabled_a_while_ago() -> bool:
+        """Both sent, and the dispatcher kept polling for 0.5 s after: the disabled one's second
+        delivery was free to go had it been claimed."""
+        if not settled and len(rows(sync_engine, ATTEMPTS)) >= 2:
+            settled.append(time.monotonic())
+        return bool(settled) and time.monotonic() - settled[0] > 0.5
+
+    await run_until(dispatcher, disabled_a_while_ago)
 
     by_id = {row.id: row for row in rows(sync_engine, SUBSCRIPTIONS)}
     assert by_id[failing].status == "disabled"
@@ -355,6 +364,7 @@ async def test_a_database_failure_while_claiming_is_logged_and_retried(
     database: Database,
     make_dispatcher: Callable[..., Dispatcher],
     monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     await subscribe(database)  # without an active subscription it would not claim at all
     dispatcher = make_dispatcher(Subscriber())
@@ -367,6 +377,10 @@ async def test_a_database_failure_while_claiming_is_logged_and_retried(
 
     monkeypatch.setattr(dispatcher, "claim", broken)
     await run_until(dispatcher, lambda: calls >= 2)
+    logged = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    failed = [line for line in logged if line["event"] == "subscription_claim_failed"]
+    # One line per outage, not one per poll.
+    assert [line["error_type"] for line in failed] == ["OSError"]
 
 
 async def test_a_full_subscription_does_not_hold_back_the_others(

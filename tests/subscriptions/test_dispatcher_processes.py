@@ -14,9 +14,9 @@ import httpx2
 import pytest
 from sqlalchemy import Engine, text
 
-from tests import secret_scan
+from tests import secret_scan, serve
 from tests.conftest import TEST_API_KEY, TEST_SECRET, TEST_SIGNING_KEY
-from tests.reliability.server import Served, serve, stop
+from tests.serve import Served, stop
 from tests.subscriptions.subscriber import Subscriber, wait_for
 from tests.webhooks.helpers import auth_body, signed_headers
 
@@ -51,7 +51,7 @@ def start(servers: list[Served], database_url: str, tmp_path: Path, **extra: str
         "LOG_LEVEL": "info",
         **extra,
     }
-    served = serve(env=env, output=tmp_path / f"serve-{len(servers)}.log")
+    served = serve.start(env, cwd=tmp_path, log=tmp_path / f"serve-{len(servers)}.log")
     servers.append(served)
     return served
 

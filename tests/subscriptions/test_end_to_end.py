@@ -3,6 +3,7 @@ loopback ports that verify every request with the ``standardwebhooks`` library."
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -12,7 +13,6 @@ import pytest
 from sqlalchemy import Engine, text
 from starlette.testclient import TestClient
 
-from app.application import create_app
 from tests import secret_scan
 from tests.subscriptions.subscriber import Received, Subscriber, wait_for
 from tests.webhooks.helpers import auth_body, signed_headers
@@ -32,19 +32,9 @@ def subscribers() -> Iterator[list[Subscriber]]:
 
 
 @pytest.fixture
-def make(make_settings: Any) -> Iterator[Any]:
-    opened: list[TestClient] = []
-
-    def build(**overrides: Any) -> TestClient:
-        settings = make_settings(**{**FAST, **overrides})
-        client = TestClient(create_app(settings), raise_server_exceptions=False)
-        client.__enter__()
-        opened.append(client)
-        return client
-
-    yield build
-    for client in opened:
-        client.__exit__(None, None, None)
+def make(make_client: Any) -> Any:
+    """The app with a dispatcher that looks and retries often."""
+    return functools.partial(make_client, **FAST)
 
 
 def subscribe(
@@ -212,7 +202,10 @@ def test_the_trigger_and_replay_choose_the_same_events(
     paused = client.post(
         "/v1/subscriptions", json={"url": "http://127.0.0.1:9/x"}, headers=auth_headers
     ).json()["data"]["id"]
-    client.patch(f"/v1/subscriptions/{paused}", json={"status": "paused"}, headers=auth_headers)
+    pausing = client.patch(
+        f"/v1/subscriptions/{paused}", json={"status": "paused"}, headers=auth_headers
+    )
+    assert pausing.json()["data"]["status"] == "paused", pausing.text
     change_connections(client, count=3)
     queued = _queued(sync_engine)
     assert len(queued[ids[0]]) == 9

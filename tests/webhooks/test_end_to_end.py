@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +24,7 @@ import pytest
 from sqlalchemy import Engine, text
 
 from tests.conftest import TEST_SIGNING_KEY
-from tests.net import free_port
+from tests.serve import Served, serving
 from tests.webhooks.helpers import VECTORS, auth_body, sign, signed_headers
 from tests.webhooks.rules_model import Event, final_state
 
@@ -36,37 +33,9 @@ BODY_LIMIT = 65536
 STOP_WITHIN_SECONDS = 25
 
 
-@dataclass
-class Server:
-    process: subprocess.Popen[bytes]
-    base_url: str
-    port: int
-    stdout: Path
-    stderr: Path
-
-    def logs(self) -> str:
-        return self.stdout.read_text(encoding="utf-8") + self.stderr.read_text(encoding="utf-8")
-
-
-def wait_until_ready(server: Server, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            pytest.fail(f"the server exited with {server.process.returncode}:\n{server.logs()}")
-        try:
-            if httpx2.get(f"{server.base_url}/readyz", timeout=1.0).status_code == 200:
-                return
-        except httpx2.TransportError:
-            pass
-        time.sleep(0.1)
-    pytest.fail(f"the server was not ready within {timeout} s:\n{server.logs()}")
-
-
 @pytest.fixture
-def server(database_url: str, sync_engine: Engine, tmp_path: Path) -> Iterator[Server]:
-    port = free_port()
-    env = {
-        **os.environ,
+def server(database_url: str, sync_engine: Engine, tmp_path: Path) -> Iterator[Served]:
+    settings = {
         # The fixture's URL is the normalised form (sqlite / postgresql+psycopg): the
         # settings must accept it as users would pass it.
         "DATABASE_URL": database_url,
@@ -74,25 +43,10 @@ def server(database_url: str, sync_engine: Engine, tmp_path: Path) -> Iterator[S
         "SECRET_KEY": SECRET_KEY,
         "WEBHOOK_MAX_BODY_BYTES": str(BODY_LIMIT),
         "LOG_LEVEL": "info",
-        "PYTHONUNBUFFERED": "1",
     }
-    stdout, stderr = tmp_path / "stdout.log", tmp_path / "stderr.log"
-    with stdout.open("wb") as out, stderr.open("wb") as err:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            cwd=tmp_path,  # no stray .env file from the working tree
-            stdout=out,
-            stderr=err,
-        )
-    running = Server(process, f"http://127.0.0.1:{port}", port, stdout, stderr)
-    try:
-        wait_until_ready(running)
+    # In tmp_path: no stray .env file from the working tree.
+    with serving(settings, cwd=tmp_path, ready="/readyz", stdout_apart=True) as running:
         yield running
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
 
 
 def raw_http(port: int, request: bytes, timeout: float = 10.0) -> bytes:
@@ -141,7 +95,7 @@ def expected_connections(vectors: list[dict[str, str]]) -> dict[tuple[str, str, 
     return {key: state for key, state in expected.items() if state.status is not None}
 
 
-def test_vectors_over_a_real_socket_then_sigterm(server: Server, sync_engine: Engine) -> None:
+def test_vectors_over_a_real_socket_then_sigterm(server: Served, sync_engine: Engine) -> None:
     secrets_in_play = {TEST_SIGNING_KEY, SECRET_KEY}
     with httpx2.Client(base_url=server.base_url, timeout=10.0) as client:
         for number, vector in enumerate(VECTORS):
@@ -249,15 +203,15 @@ def test_vectors_over_a_real_socket_then_sigterm(server: Server, sync_engine: En
         pytest.fail(f"the server did not stop within {STOP_WITHIN_SECONDS} s of SIGTERM")
     # uvicorn re-raises the signal once shut down, so "killed by SIGTERM" is a clean exit too;
     # what matters is that the lifespan's shutdown ran (the engine was disposed).
-    assert returncode in {0, -signal.SIGTERM}, server.logs()
+    assert returncode in {0, -signal.SIGTERM}, server.text()
     assert time.monotonic() - started < STOP_WITHIN_SECONDS
 
-    logs = server.logs()
+    logs = server.text()
     for secret in secrets_in_play:
         assert secret not in logs
     # Logs go to standard error, every line of it JSON; standard output stays empty.
     assert server.stdout.read_text(encoding="utf-8").strip() == ""
-    lines = [json.loads(line) for line in server.stderr.read_text(encoding="utf-8").splitlines()]
+    lines = [json.loads(line) for line in server.log.read_text(encoding="utf-8").splitlines()]
     events = [line.get("event") for line in lines]
     assert "stopped" in events
     assert "Application shutdown complete." in events
