@@ -142,23 +142,33 @@ def test_sigterm_during_a_burst_exits_promptly_and_answers_everything_it_accepte
 
 
 def test_several_workers_share_their_metrics(tmp_path: Path, database_url: str) -> None:
+    headers = {"Authorization": f"Bearer {TEST_API_KEY}"}
+
+    def healthz_counts() -> set[float]:
+        """/healthz's request count as each of four scrapes reports it."""
+        counts = set()
+        for _ in range(4):
+            status, body = server.request("GET", "/metrics", headers=headers)
+            assert status == 200
+            for line in body.decode().splitlines():
+                if line.startswith("nango_registry_request_duration_seconds_count{") and (
+                    'route="/healthz"' in line
+                ):
+                    counts.add(float(line.rsplit(" ", 1)[1]))
+        return counts
+
     with serve(tmp_path, database_url, workers=2) as server:
         for _ in range(40):
             assert server.request("GET", "/healthz")[0] == 200
-        headers = {"Authorization": f"Bearer {TEST_API_KEY}"}
-        # Whichever worker answers the scrape, it reports the requests of both.
-        exposed = [server.request("GET", "/metrics", headers=headers) for _ in range(4)]
+        # Whichever worker answers the scrape, it reports the requests of both. A request is
+        # counted just after its answer is sent, so a scrape right after the last answer may
+        # miss it: look again until the scrapes agree (workers that did not share never would).
+        deadline = time.monotonic() + 10
+        while len(counts := healthz_counts()) != 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
         terminate_and_wait(server)
-    counts = set()
-    for status, body in exposed:
-        assert status == 200
-        for line in body.decode().splitlines():
-            if line.startswith("nango_registry_request_duration_seconds_count{") and (
-                'route="/healthz"' in line
-            ):
-                counts.add(float(line.rsplit(" ", 1)[1]))
-    # /healthz was also asked while waiting for the server to come up, so at least 40.
     assert len(counts) == 1
+    # /healthz was also asked while waiting for the server to come up, so at least 40.
     assert counts.pop() >= 40
 
 
