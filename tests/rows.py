@@ -25,6 +25,7 @@ from app.db.tables import (
 CONNECTIONS = SQLModel.metadata.tables["connections"]
 EVENTS = SQLModel.metadata.tables["connection_events"]
 FEED = SQLModel.metadata.tables["feed_events"]
+TAGS = SQLModel.metadata.tables["connection_tags"]
 BASE_TIME = datetime(2026, 1, 1, tzinfo=UTC)
 _sequence = itertools.count(1)
 _OWNER_TAGS = ("end_user_id", "organization_id", "end_user_email")
@@ -185,3 +186,9 @@ def feed(engine: Engine) -> list[Any]:
 def feed_types(engine: Engine) -> list[tuple[str, str, str]]:
     """(type, source, connection ID) of every feed event, oldest first."""
     return [(row.type, row.source, row.connection["connection_id"]) for row in feed(engine)]
+
+
+def indexed_tags(engine: Engine) -> dict[str, str]:
+    """The tag index (what tag[KEY]=VALUE lookups read), key to value, for every connection."""
+    with engine.connect() as conn:
+        return {row.key: row.value for row in conn.execute(select(TAGS.c.key, TAGS.c.value))}

@@ -8,6 +8,7 @@ import pytest
 from sqlalchemy import Engine, text
 from starlette.testclient import TestClient
 
+from tests.rows import indexed_tags
 from tests.webhooks.helpers import auth_body, nango_json, signed_headers, sync_body
 
 
@@ -56,11 +57,7 @@ def test_creation_attributes_from_tags(client: TestClient, sync_engine: Engine) 
     )
     assert (row.organization_id, row.organization_display_name) == ("o1", "Org One")
     assert (row.provider, row.auth_mode, row.environment) == ("github", "OAUTH2", "prod")
-    with sync_engine.connect() as conn:
-        indexed: dict[str, str] = dict(
-            conn.execute(text("SELECT key, value FROM connection_tags")).all()
-        )
-    assert indexed == tags
+    assert indexed_tags(sync_engine) == tags
     assert history(sync_engine) == [("creation", None, "active")]
 
 
@@ -204,11 +201,8 @@ def test_attribution_is_merged_never_erased(client: TestClient, sync_engine: Eng
     send(client, auth_body(operation="override", tags={"b": "2"}))
     row = only(sync_engine)
     assert (row.end_user_id, row.organization_id) == ("u1", "o1")
-    with sync_engine.connect() as conn:
-        indexed: dict[str, str] = dict(
-            conn.execute(text("SELECT key, value FROM connection_tags")).all()
-        )
-    assert indexed == {"end_user_id": "u1", "organization_id": "o1", "a": "1", "b": "2"}
+    expected = {"end_user_id": "u1", "organization_id": "o1", "a": "1", "b": "2"}
+    assert indexed_tags(sync_engine) == expected
 
 
 def test_history_links_each_change_to_its_delivery(client: TestClient, sync_engine: Engine) -> None:
