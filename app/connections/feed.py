@@ -121,16 +121,23 @@ _CASTS = ("text", "timestamptz", "text", "bigint", "bigint", "text", "text", "te
 _PG_VALUES = ", ".join(
     f":{name}::{cast}" for name, cast in zip(APPEND_COLUMNS, (*_CASTS, "jsonb"), strict=True)
 )
+# On Postgres the order lock (held until commit) and the row in one statement, one round trip.
+_ORDERED_APPEND = (
+    f"ordered AS (SELECT pg_advisory_xact_lock_shared({ORDER_LOCK}))"  # noqa: S608 (fixed names)
+    f" INSERT INTO feed_events ({', '.join(APPEND_COLUMNS)})"
+    f" SELECT {_PG_VALUES} FROM ordered"
+)
 APPEND = sql(
     f"INSERT INTO feed_events ({', '.join(APPEND_COLUMNS)})"  # noqa: S608 (fixed names)
     f" VALUES ({', '.join(':' + name for name in APPEND_COLUMNS)})",
-    # One statement, one round trip: the order lock (held until commit) and the row.
-    postgres=(
-        f"WITH ordered AS (SELECT pg_advisory_xact_lock_shared({ORDER_LOCK}))"  # noqa: S608
-        f" INSERT INTO feed_events ({', '.join(APPEND_COLUMNS)})"
-        f" SELECT {_PG_VALUES} FROM ordered"
-    ),
+    postgres=f"WITH {_ORDERED_APPEND}",
 )
+
+
+def postgres_append_after(cte: str) -> str:
+    """``APPEND`` on Postgres with ``cte`` (``name AS (statement)``) run before it, in the same
+    statement."""
+    return f"WITH {cte}, {_ORDERED_APPEND}"
 
 
 def _event_row(
@@ -164,16 +171,20 @@ def events_for(history: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return appended
 
 
-async def append_for_history(tx: Tx, history: Sequence[Mapping[str, Any]]) -> None:
-    """Append the events ``history`` makes, in the caller's transaction."""
-    rows = events_for(history)
-    if not rows:
-        return
+async def append(tx: Tx, rows: Sequence[dict[str, Any]]) -> None:
+    """Append ``rows`` (from ``events_for``), in the caller's transaction."""
     if len(rows) == 1:
         await tx.execute(APPEND, rows[0])
-    else:
+    elif rows:
         await tx.executemany(APPEND, rows)
-    tx.feed_appended()
+    appended(tx, rows)
+
+
+def appended(tx: Tx, rows: Sequence[dict[str, Any]]) -> None:
+    """What follows an append, however it was written: the transaction knows it (it announces
+    the events once committed), and the metric counts them."""
+    if rows:
+        tx.feed_appended()
     for row in rows:
         FEED_EVENTS_APPENDED.labels(type=row["type"]).inc()
 

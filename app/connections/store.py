@@ -25,7 +25,7 @@ from app.connections.model import (
     Connection,
     ConnectionStatus,
 )
-from app.db.database import Transaction, sql
+from app.db.database import Transaction, sql, together
 from app.db.types import utcnow
 
 # What a new row is inserted with; the rest of the columns start empty.
@@ -66,11 +66,26 @@ MUTABLE_COLUMNS = (
     "metadata",
 )
 
-INSERT_CONNECTION = sql(
+_INSERT_CONNECTION = (
     f"INSERT INTO connections ({', '.join(NEW_COLUMNS)})"  # noqa: S608 (fixed column names)
     f" VALUES ({', '.join(':' + name for name in NEW_COLUMNS)})"
     " ON CONFLICT (environment, integration_id, connection_id) DO NOTHING"
     f" RETURNING {COLUMNS}"
+)
+# Tags over the index's limits stay in the JSON tags but are not indexed for tag[KEY]=VALUE.
+_INDEXED_TAG = f"length(key) <= {MAX_TAG_KEY} AND length(value) <= {MAX_TAG_VALUE}"
+# The new row and, last, whether its tags were indexed by the same statement: on Postgres they
+# are (a data-modifying CTE: one round trip, not two); SQLite has no such CTEs, and its tags
+# statement reaches the writer thread with the next one anyway (``insert_connection``).
+INSERT_CONNECTION = sql(
+    f"{_INSERT_CONNECTION}, false",
+    postgres=(
+        f"WITH inserted AS ({_INSERT_CONNECTION}),"  # noqa: S608 (fixed column names)
+        " indexed AS (INSERT INTO connection_tags (connection_pk, key, value)"
+        f" SELECT inserted.id, key, value FROM inserted, jsonb_each_text(inserted.tags)"
+        f" WHERE {_INDEXED_TAG})"
+        f" SELECT {COLUMNS}, true FROM inserted"
+    ),
 )
 LOCK_CONNECTION = sql(
     f"SELECT {COLUMNS} FROM connections"  # noqa: S608
@@ -92,7 +107,7 @@ DELETE_TAGS = sql("DELETE FROM connection_tags WHERE connection_pk = :connection
 _INDEX_TAGS = (
     "INSERT INTO connection_tags (connection_pk, key, value)"  # noqa: S608 (fixed names)
     " SELECT :connection_pk, key, value FROM {function}(:tags)"
-    f" WHERE length(key) <= {MAX_TAG_KEY} AND length(value) <= {MAX_TAG_VALUE}"
+    f" WHERE {_INDEXED_TAG}"
 )
 INDEX_TAGS = sql(
     _INDEX_TAGS.format(function="json_each"),
@@ -109,9 +124,14 @@ HISTORY_COLUMNS = (
     "detail",
     "created_at",
 )
-INSERT_HISTORY = sql(
+_INSERT_HISTORY = (
     f"INSERT INTO connection_events ({', '.join(HISTORY_COLUMNS)})"  # noqa: S608
     f" VALUES ({', '.join(':' + name for name in HISTORY_COLUMNS)})"
+)
+INSERT_HISTORY = sql(_INSERT_HISTORY)
+# A history row and the one feed event it makes (a webhook's common case) in one round trip.
+INSERT_HISTORY_AND_EVENT = together(
+    feed.postgres_append_after(f"history AS ({_INSERT_HISTORY})"), INSERT_HISTORY, feed.APPEND
 )
 
 
@@ -163,8 +183,9 @@ async def insert_connection(tx: Transaction, values: dict[str, Any]) -> Connecti
     row = await tx.fetchone(INSERT_CONNECTION, values)
     if row is None:
         return None
-    connection = Connection(*row)
-    if connection.tags:
+    *columns, tags_indexed = row
+    connection = Connection(*columns)
+    if connection.tags and not tags_indexed:
         await _index_tags(tx, connection)
     return connection
 
@@ -303,11 +324,17 @@ async def record_history(tx: Transaction, rows: Sequence[dict[str, Any]]) -> Non
     """Write history rows and the change-feed events they make: the one place both are written,
     so every source publishes its changes."""
     stored = [{name: row[name] for name in HISTORY_COLUMNS} for row in rows]
+    events = feed.events_for(rows)
+    if len(stored) == 1 and len(events) == 1:
+        # The names the two share (connection_pk, delivery_id, source) hold the same values.
+        await tx.execute(INSERT_HISTORY_AND_EVENT, {**stored[0], **events[0]})
+        feed.appended(tx, events)
+        return
     if len(stored) == 1:
         await tx.execute(INSERT_HISTORY, stored[0])
     else:
         await tx.executemany(INSERT_HISTORY, stored)
-    await feed.append_for_history(tx, rows)
+    await feed.append(tx, events)
 
 
 async def change_status(

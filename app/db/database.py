@@ -91,14 +91,22 @@ def is_missing_table(error: BaseException) -> bool:
 
 
 class Statement:
-    """One SQL statement, rendered once for each driver."""
+    """One SQL statement, rendered once for each driver (on SQLite, possibly several run in
+    order with the same parameters: see ``together``)."""
 
-    __slots__ = ("postgres", "prepare", "sqlite")
+    __slots__ = ("postgres", "prepare", "sqlite", "sqlite_parts")
 
-    def __init__(self, postgres: str, sqlite: str, prepare: bool | None = None) -> None:
+    def __init__(
+        self,
+        postgres: str,
+        sqlite: str,
+        prepare: bool | None = None,
+        sqlite_parts: tuple[str, ...] | None = None,
+    ) -> None:
         self.postgres = postgres
         self.sqlite = sqlite
         self.prepare = prepare
+        self.sqlite_parts = sqlite_parts or (sqlite,)
 
     def __repr__(self) -> str:
         return f"Statement({self.sqlite!r})"
@@ -122,6 +130,19 @@ def sql(
     # psycopg's placeholders are %(name)s, so a literal % must be doubled.
     pg_text = _PARAMETER.sub(r"%(\1)s", pg_text.replace("%", "%%"))
     return Statement(postgres=pg_text, sqlite=text, prepare=prepare)
+
+
+def together(postgres: str, *parts: Statement) -> Statement:
+    """Statements that always run one after the other with the same parameters, as one: on
+    Postgres ``postgres``, one statement that does what the parts do (data-modifying CTEs), so
+    one round trip; on SQLite the parts in order, which reach the connection's thread in one
+    trip anyway. For ``execute`` only: nothing is read back."""
+    rendered = sql(parts[0].sqlite, postgres=postgres)
+    return Statement(
+        postgres=rendered.postgres,
+        sqlite="; ".join(part.sqlite for part in parts),
+        sqlite_parts=tuple(part.sqlite for part in parts),
+    )
 
 
 class Transaction(Protocol):
@@ -720,6 +741,11 @@ def _rollback(connection: sqlite3.Connection) -> None:
         connection.rollback()
 
 
+def _single(statement: Statement) -> str:
+    assert len(statement.sqlite_parts) == 1, "statements made by together() are for execute()"
+    return statement.sqlite
+
+
 class _SqliteTransaction:
     """Statements whose results are not needed are queued and sent with the next one that has
     an answer to give (or at the end): one trip to the connection's thread for several
@@ -732,11 +758,12 @@ class _SqliteTransaction:
         self._pending: list[_Pending] = list(first)
 
     async def execute(self, statement: Statement, params: Params | None = None) -> None:
-        self._pending.append((statement.sqlite, params or {}, False))
+        for text in statement.sqlite_parts:
+            self._pending.append((text, params or {}, False))
 
     async def executemany(self, statement: Statement, rows: Sequence[Params]) -> None:
         if rows:
-            self._pending.append((statement.sqlite, rows, True))
+            self._pending.append((_single(statement), rows, True))
 
     async def fetchone(self, statement: Statement, params: Params | None = None) -> Row | None:
         rows = await self.fetchall(statement, params)
@@ -745,7 +772,7 @@ class _SqliteTransaction:
     async def fetchall(self, statement: Statement, params: Params | None = None) -> list[Row]:
         pending, self._pending = self._pending, []
         rows: list[Row] = await self._connection.run(
-            _run, self._connection.connection, pending, statement.sqlite, params
+            _run, self._connection.connection, pending, _single(statement), params
         )
         return rows
 

@@ -16,6 +16,7 @@ from app.db.types import utcnow
 from app.webhooks import inbox
 from app.webhooks.signature import verify_signature
 from tests.conftest import TEST_SIGNING_KEY
+from tests.rows import feed, history, indexed_tags
 from tests.webhooks.helpers import (
     BY_NAME,
     VECTORS,
@@ -551,3 +552,38 @@ def test_every_refusal_answers_the_same_and_logs_and_counts_why(
     assert "NANGO_ACCEPT_LEGACY_SIGNATURE" in legacy["hint"]
     assert "0.69.15" in legacy["hint"]
     assert good not in capsys.readouterr().err
+
+
+def test_a_new_connection_s_webhook_costs_five_round_trips_on_postgres(
+    client: TestClient, sync_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """BEGIN, the delivery, the connection with its tags, the history row with its feed event,
+    COMMIT: the tags and the event ride in their neighbours' statements (data-modifying CTEs),
+    and the feed's NOTIFY is sent after the commit, apart (make bench: every round trip is a
+    loopback send in libpq, the receiver's largest cost)."""
+    if sync_engine.dialect.name != "postgresql":
+        pytest.skip("round trips are Postgres's; SQLite batches its trips to the writer thread")
+    import psycopg
+
+    # What each connection was sent (background tasks use other pooled connections).
+    sent: dict[int, list[str]] = {}
+    execute = psycopg.AsyncCursor.execute
+
+    async def counted(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+        text_ = query.decode() if isinstance(query, bytes) else str(query)
+        sent.setdefault(id(self.connection), []).append(text_.split(None, 1)[0].upper())
+        return await execute(self, query, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.AsyncCursor, "execute", counted)
+    body = auth_body(connection_id="five-trips", tags={"end_user_id": "u-5", "team": "x"})
+    assert post(client, body).json()["status"] == "applied"
+    monkeypatch.undo()
+    transactions = [  # from BEGIN to COMMIT (a NOTIFY may follow on the same connection)
+        statements[statements.index("BEGIN") : statements.index("COMMIT") + 1]
+        for statements in sent.values()
+        if "BEGIN" in statements
+    ]
+    assert transactions == [["BEGIN", "INSERT", "WITH", "WITH", "COMMIT"]]
+    assert indexed_tags(sync_engine) == {"end_user_id": "u-5", "team": "x"}
+    assert [row.type for row in feed(sync_engine)] == ["connection.created"]
+    assert [row.action for row in history(sync_engine)] == ["creation"]
