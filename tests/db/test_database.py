@@ -140,3 +140,34 @@ def test_api_work_leaves_connections_to_the_rest(make_settings: Any, sync_engine
             await database.close()
 
     asyncio.run(scenario())
+
+
+def test_sqlite_reads_beyond_the_readers_queue_and_their_wait_counts_against_the_limit(
+    make_settings: Any, sync_engine: Engine
+) -> None:
+    """Reads are not checked out: more reads than readers wait in a reader's queue, answered in
+    turn, and a read whose time limit ran out while it waited fails without starting."""
+    database = _database(make_settings, database_statement_timeout_seconds=0.5)
+    if database.dialect != "sqlite":
+        pytest.skip("SQLite's readers")
+
+    async def read(statement: Any) -> Any:
+        async with database.reader() as tx:
+            return await tx.fetchall(statement)
+
+    async def scenario() -> tuple[list[Any], list[BaseException | Any]]:
+        await database.open()
+        try:
+            quick = await asyncio.gather(*(read(ONE) for _ in range(10)))
+            # Both readers busy to their limit, a third read queued behind one of them.
+            outcomes = await asyncio.gather(
+                read(NEVER_ENDS), read(NEVER_ENDS), read(ONE), return_exceptions=True
+            )
+            return quick, list(outcomes)
+        finally:
+            await database.close()
+
+    quick, outcomes = asyncio.run(scenario())
+    assert quick == [[(1,)]] * 10
+    assert [type(outcome) for outcome in outcomes] == [QueryTimeout] * 3
+    assert "waited past its time limit" in str(outcomes[2])
