@@ -127,9 +127,12 @@ def sql(
     pg_text = postgres if postgres is not None else text
     if lock:
         pg_text += " FOR UPDATE"
+    return Statement(postgres=_for_psycopg(pg_text), sqlite=text, prepare=prepare)
+
+
+def _for_psycopg(text: str) -> str:
     # psycopg's placeholders are %(name)s, so a literal % must be doubled.
-    pg_text = _PARAMETER.sub(r"%(\1)s", pg_text.replace("%", "%%"))
-    return Statement(postgres=pg_text, sqlite=text, prepare=prepare)
+    return _PARAMETER.sub(r"%(\1)s", text.replace("%", "%%"))
 
 
 def together(postgres: str, *parts: Statement) -> Statement:
@@ -137,9 +140,8 @@ def together(postgres: str, *parts: Statement) -> Statement:
     Postgres ``postgres``, one statement that does what the parts do (data-modifying CTEs), so
     one round trip; on SQLite the parts in order, which reach the connection's thread in one
     trip anyway. For ``execute`` only: nothing is read back."""
-    rendered = sql(parts[0].sqlite, postgres=postgres)
     return Statement(
-        postgres=rendered.postgres,
+        postgres=_for_psycopg(postgres),
         sqlite="; ".join(part.sqlite for part in parts),
         sqlite_parts=tuple(part.sqlite for part in parts),
     )
