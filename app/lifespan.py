@@ -127,6 +127,7 @@ def lifespan_for(
             listener = state.feed_signal.listen(postgres_conninfo(settings.database_url))
             state.background.append(asyncio.create_task(listener, name="feed-listener"))
         close_on_exit_signals(state.feed_signal)
+        database.on_feed_commit = state.feed_signal.poke  # every writer, not just the receiver
         # Everything built so far (modules, settings, pools) lives as long as the process: kept
         # out of the garbage collector's generations, a full collection no longer walks it,
         # which took tens of milliseconds and made the latency tail (measured with make bench).

@@ -2,8 +2,9 @@
 
 One ``FeedSignal`` per process. It is poked by a Postgres ``LISTEN feed_events`` connection of
 its own (one per process, reconnecting if lost, not taken from the pool), by this process's
-webhook receiver once a delivery has committed, and, for what neither reaches (another process
-on SQLite, a lost listener), waiters also wake every ``FEED_POLL_INTERVAL_SECONDS``. Whatever
+database layer once any transaction that appended to the feed has committed
+(``Database.on_feed_commit``), and, for what neither reaches (another process on SQLite, a
+lost listener), waiters also wake every ``FEED_POLL_INTERVAL_SECONDS``. Whatever
 else must hear of committed events (the subscriptions dispatcher) registers with ``on_poke``
 rather than opening a listening connection of its own. A waiter
 holds no database connection while it waits. At shutdown it is closed: every waiter wakes and

@@ -38,7 +38,7 @@ import sqlite3
 import threading
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
@@ -162,11 +162,15 @@ class Transaction(Protocol):
 
     def feed_appended(self) -> None:
         """This transaction appended to the change feed: once it commits, the database tells
-        the feed's listeners (on Postgres, a NOTIFY; see ``PostgresDatabase.feed_committed``)."""
+        the feed's listeners (``Database.on_feed_commit`` in this process; on Postgres also a
+        NOTIFY for the others, see ``PostgresDatabase.feed_committed``)."""
 
 
 class Database(Protocol):
     dialect: str
+    # Called once a transaction that appended to the feed has committed (set by the lifespan:
+    # wakes this process's streams, long polls and dispatcher at once).
+    on_feed_commit: Callable[[], None] | None
 
     async def open(self) -> None: ...
 
@@ -305,6 +309,7 @@ class PostgresDatabase:
     ) -> None:
         self._max_size = max_size
         self._timeout = timeout
+        self.on_feed_commit: Callable[[], None] | None = None
         self._purging: asyncio.Task[None] | None = None
         self._notifying: asyncio.Task[None] | None = None
         self._reachability = _Reachability()
@@ -359,8 +364,10 @@ class PostgresDatabase:
         await self.pool.close()
 
     def feed_committed(self) -> None:
-        """A transaction that appended to the feed has committed: NOTIFY soon, once for all
-        the commits of the next ``FEED_NOTIFY_EVERY_SECONDS``."""
+        """A transaction that appended to the feed has committed: this process hears at once,
+        the others by a NOTIFY soon, one for all the commits of ``FEED_NOTIFY_EVERY_SECONDS``."""
+        if self.on_feed_commit is not None:
+            self.on_feed_commit()
         if self._notifying is None or self._notifying.done():
             self._notifying = asyncio.ensure_future(self._notify_feed())
 
@@ -753,11 +760,12 @@ class _SqliteTransaction:
     an answer to give (or at the end): one trip to the connection's thread for several
     statements, as Postgres's pipeline mode saves round trips."""
 
-    __slots__ = ("_connection", "_pending")
+    __slots__ = ("_connection", "_pending", "appended")
 
     def __init__(self, connection: _SqliteConnection, *first: _Pending) -> None:
         self._connection = connection
         self._pending: list[_Pending] = list(first)
+        self.appended = False
 
     async def execute(self, statement: Statement, params: Params | None = None) -> None:
         for text in statement.sqlite_parts:
@@ -779,8 +787,7 @@ class _SqliteTransaction:
         return rows
 
     def feed_appended(self) -> None:
-        """Nothing to do: SQLite has no NOTIFY; this process's receiver pokes its waiters, and
-        the other processes' waiters poll."""
+        self.appended = True
 
     async def finish(self, last: str) -> None:
         """Send what is queued, then ``last`` (COMMIT, or nothing for a reader)."""
@@ -801,6 +808,7 @@ class SqliteDatabase:
         self._max_readers = max(1, readers)
         self._timeout = timeout
         self._statement_timeout = statement_timeout
+        self.on_feed_commit: Callable[[], None] | None = None
         self._writer: _SqliteConnection | None = None
         self._write_lock = asyncio.Lock()
         self._readers: list[_SqliteConnection] = []
@@ -887,10 +895,13 @@ class _SqliteWriter:
                 if kind is None:
                     try:
                         await self._tx.finish("COMMIT")
-                        return
                     except BaseException:
                         await self._connection.run(_rollback, self._connection.connection)
                         raise
+                    # SQLite has no NOTIFY: other processes' waiters poll.
+                    if self._tx.appended and self._database.on_feed_commit is not None:
+                        self._database.on_feed_commit()
+                    return
                 await self._connection.run(_rollback, self._connection.connection)
         finally:
             self._database._write_lock.release()

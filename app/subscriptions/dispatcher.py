@@ -15,7 +15,7 @@ the order they happened. Events of different connections go out concurrently, at
 ``SUBSCRIPTION_MAX_IN_FLIGHT`` per subscription across the processes.
 
 Wake-ups: a committed feed event (``event_committed``, from the process's ``FeedSignal``: the
-feed's NOTIFY on Postgres, this process's receiver on both), coalesced so that a burst of
+feed's NOTIFY on Postgres, this process's own commits on both), coalesced so that a burst of
 webhooks costs one look per ``EVENT_WAKE_SECONDS``, not one per webhook; a poll every
 ``SUBSCRIPTION_POLL_SECONDS`` (which also notices retries coming due); and at once in the
 process that finished a send or changed a subscription. Events are ignored while no

@@ -100,9 +100,6 @@ async def receive_webhook(request: Request) -> JSONResponse:
     payload, envelope = _verify(request, settings, body)
     result = await _store(request, settings, body, payload, envelope)
     _fetch_details_later(request, envelope, result)
-    if result.outcome == DeliveryOutcome.APPLIED:
-        # Committed: this process's streams and long polls need not wait for their next look.
-        app_state(request).feed_signal.poke()
     WEBHOOK_DELIVERIES.labels(type=metric_type(envelope.webhook_type), outcome=result.outcome).inc()
     # The request's access line says what came in and what became of it (app.middleware).
     log_fields(request.scope).update(

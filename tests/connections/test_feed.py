@@ -231,3 +231,24 @@ async def test_commits_that_append_are_announced_after_commit_in_one_notify(
                     tx.feed_appended()
                     raise RuntimeError("rolled back")
         assert await heard(0.2) == 0
+
+
+@pytest.mark.anyio
+async def test_this_process_hears_of_each_commit_that_appended_and_of_no_other(
+    settings: Settings, sync_engine: Engine
+) -> None:
+    """Whatever the writer (the receiver, the API, reconcile, the console), a committed append
+    wakes this process's waiters at once, on both databases."""
+    heard: list[str] = []
+    async with connected(settings) as database:
+        database.on_feed_commit = lambda: heard.append("commit")
+        async with database.transaction() as tx:
+            tx.feed_appended()
+        assert heard == ["commit"]
+        async with database.transaction():
+            pass  # wrote nothing to the feed
+        with contextlib.suppress(RuntimeError):
+            async with database.transaction() as tx:
+                tx.feed_appended()
+                raise RuntimeError("rolled back")
+        assert heard == ["commit"]
