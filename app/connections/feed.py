@@ -121,10 +121,12 @@ _CASTS = ("text", "timestamptz", "text", "bigint", "bigint", "text", "text", "te
 _PG_VALUES = ", ".join(
     f":{name}::{cast}" for name, cast in zip(APPEND_COLUMNS, (*_CASTS, "jsonb"), strict=True)
 )
+# Postgres: a CTE that takes the order lock (see above); an append selects FROM it, so the lock
+# is held before the row's ID is drawn.
+ORDERED = f"ordered AS (SELECT pg_advisory_xact_lock_shared({ORDER_LOCK}))"
 # On Postgres the order lock (held until commit) and the row in one statement, one round trip.
 _ORDERED_APPEND = (
-    f"ordered AS (SELECT pg_advisory_xact_lock_shared({ORDER_LOCK}))"  # noqa: S608 (fixed names)
-    f" INSERT INTO feed_events ({', '.join(APPEND_COLUMNS)})"
+    f"{ORDERED} INSERT INTO feed_events ({', '.join(APPEND_COLUMNS)})"  # noqa: S608 (fixed names)
     f" SELECT {_PG_VALUES} FROM ordered"
 )
 APPEND = sql(

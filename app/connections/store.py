@@ -19,6 +19,7 @@ from app.connections import feed
 from app.connections.model import (
     ATTRIBUTION_FIELDS,
     COLUMNS,
+    CONNECTION_FIELDS,
     MAX_TAG_KEY,
     MAX_TAG_VALUE,
     Attribution,
@@ -74,16 +75,19 @@ _INSERT_CONNECTION = (
 )
 # Tags over the index's limits stay in the JSON tags but are not indexed for tag[KEY]=VALUE.
 _INDEXED_TAG = f"length(key) <= {MAX_TAG_KEY} AND length(value) <= {MAX_TAG_VALUE}"
+# Postgres: a CTE that indexes the tags of the rows a CTE named ``inserted`` inserted.
+INDEX_INSERTED = (
+    "indexed AS (INSERT INTO connection_tags (connection_pk, key, value)"  # noqa: S608
+    f" SELECT inserted.id, key, value FROM inserted, jsonb_each_text(inserted.tags)"
+    f" WHERE {_INDEXED_TAG})"
+)
 # The new row and, last, whether its tags were indexed by the same statement: on Postgres they
 # are (a data-modifying CTE: one round trip, not two); SQLite has no such CTEs, and its tags
 # statement reaches the writer thread with the next one anyway (``insert_connection``).
 INSERT_CONNECTION = sql(
     f"{_INSERT_CONNECTION}, false",
     postgres=(
-        f"WITH inserted AS ({_INSERT_CONNECTION}),"  # noqa: S608 (fixed column names)
-        " indexed AS (INSERT INTO connection_tags (connection_pk, key, value)"
-        f" SELECT inserted.id, key, value FROM inserted, jsonb_each_text(inserted.tags)"
-        f" WHERE {_INDEXED_TAG})"
+        f"WITH inserted AS ({_INSERT_CONNECTION}), {INDEX_INSERTED}"  # noqa: S608 (fixed names)
         f" SELECT {COLUMNS}, true FROM inserted"
     ),
 )
@@ -178,6 +182,15 @@ def new_connection_values(
     }
 
 
+_UNSET = dict.fromkeys(CONNECTION_FIELDS)
+
+
+def unsaved(values: dict[str, Any]) -> Connection:
+    """The connection ``values`` (from ``new_connection_values``) make once inserted, with no
+    ID yet (0): what its history row and feed event are built from before the insert."""
+    return Connection(**{**_UNSET, **values, "id": 0})
+
+
 async def insert_connection(tx: Transaction, values: dict[str, Any]) -> Connection | None:
     """Insert a new connection with its tags; None when its key exists already."""
     row = await tx.fetchone(INSERT_CONNECTION, values)
@@ -190,17 +203,21 @@ async def insert_connection(tx: Transaction, values: dict[str, Any]) -> Connecti
     return connection
 
 
-async def lock_connection(tx: Transaction, values: dict[str, Any]) -> tuple[Connection, bool]:
+async def lock_connection(
+    tx: Transaction, values: dict[str, Any], *, insert: bool = True
+) -> tuple[Connection, bool]:
     """The connection ``values`` names, created from them if missing, locked until commit.
 
     ``INSERT .. ON CONFLICT DO NOTHING`` then ``SELECT .. FOR UPDATE`` makes concurrent first
     events for one connection create exactly one row and apply one after the other. A row this
     transaction inserted needs no lock: until commit no other transaction sees it, and a
-    concurrent insert of the same key waits on it. Returns ``(connection, created)``.
+    concurrent insert of the same key waits on it. ``insert=False``: this transaction's insert
+    found the row stored already, so only the lock is left. Returns ``(connection, created)``.
     """
-    inserted = await insert_connection(tx, values)
-    if inserted is not None:
-        return inserted, True
+    if insert:
+        inserted = await insert_connection(tx, values)
+        if inserted is not None:
+            return inserted, True
     row = await tx.fetchone(LOCK_CONNECTION, values)
     if row is None:  # deleted between the two statements (only a test does that)
         raise LookupError("the connection vanished while it was being locked")

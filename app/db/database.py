@@ -62,6 +62,11 @@ T = TypeVar("T")
 _PARAMETER = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 
 
+# Database.dialect and Transaction.dialect (SQLAlchemy's names, as in DATABASE_URL).
+POSTGRES = "postgresql"
+SQLITE = "sqlite"
+
+
 class DatabaseTimeout(Exception):
     """No connection (or, on SQLite, no turn to write) within ``DATABASE_POOL_TIMEOUT_SECONDS``."""
 
@@ -106,7 +111,7 @@ class Statement:
         self.postgres = postgres
         self.sqlite = sqlite
         self.prepare = prepare
-        self.sqlite_parts = sqlite_parts or (sqlite,)
+        self.sqlite_parts = (sqlite,) if sqlite_parts is None else sqlite_parts
 
     def __repr__(self) -> str:
         return f"Statement({self.sqlite!r})"
@@ -147,8 +152,32 @@ def together(postgres: str, *parts: Statement) -> Statement:
     )
 
 
+def postgres_only(text: str) -> Statement:
+    """A statement SQLite cannot express (data-modifying CTEs that read each other's rows), for
+    a Postgres shortcut beside a path both databases share: send it only where
+    ``tx.dialect == POSTGRES``."""
+    return Statement(postgres=_for_psycopg(text), sqlite="", sqlite_parts=())
+
+
+def json_select(
+    table: str, parameter: str, columns: Sequence[str], sources: str, **given: str
+) -> str:
+    """Postgres: ``SELECT`` of ``columns`` for an ``INSERT INTO table .. SELECT``, read from the
+    JSON object parameter ``:parameter`` as a row of ``table`` (``jsonb_populate_record``: the
+    server converts each value to its column's type, where a bare parameter in a SELECT list
+    would need a cast), beside the rows of ``sources``; a column in ``given`` takes that SQL
+    expression instead (an ID from an earlier CTE, say)."""
+    values = ", ".join(given.get(name, f"record.{name}") for name in columns)
+    return (
+        f"SELECT {values} FROM {sources},"  # noqa: S608 (fixed names)
+        f" jsonb_populate_record(NULL::{table}, :{parameter}) AS record"
+    )
+
+
 class Transaction(Protocol):
     """What a unit of work sees: statements in, tuples out."""
+
+    dialect: str  # the database's: "postgresql" or "sqlite"
 
     async def execute(self, statement: Statement, params: Params | None = None) -> None:
         """Run a statement whose result is not needed (it may be sent later, with others)."""
@@ -296,7 +325,7 @@ def _connection_class(reachability: _Reachability) -> type[psycopg.AsyncConnecti
 
 
 class PostgresDatabase:
-    dialect = "postgresql"
+    dialect = POSTGRES
 
     def __init__(
         self,
@@ -417,6 +446,7 @@ class _PostgresUnit:
     """
 
     __slots__ = ("_appended", "_connection", "_cursor", "_database", "_fresh", "_slot", "_write")
+    dialect = POSTGRES
 
     def __init__(self, database: PostgresDatabase, *, write: bool) -> None:
         self._database = database
@@ -751,7 +781,10 @@ def _rollback(connection: sqlite3.Connection) -> None:
 
 
 def _single(statement: Statement) -> str:
-    assert len(statement.sqlite_parts) == 1, "statements made by together() are for execute()"
+    if len(statement.sqlite_parts) != 1:
+        # A caller's mistake, never bad input: together() is for execute(), and a
+        # postgres_only() statement is sent only after checking Transaction.dialect.
+        raise TypeError(f"not a single SQLite statement: {statement!r}")
     return statement.sqlite
 
 
@@ -761,6 +794,7 @@ class _SqliteTransaction:
     statements, as Postgres's pipeline mode saves round trips."""
 
     __slots__ = ("_connection", "_pending", "appended")
+    dialect = SQLITE
 
     def __init__(self, connection: _SqliteConnection, *first: _Pending) -> None:
         self._connection = connection
@@ -768,6 +802,8 @@ class _SqliteTransaction:
         self.appended = False
 
     async def execute(self, statement: Statement, params: Params | None = None) -> None:
+        if not statement.sqlite_parts:
+            _single(statement)  # raises: a postgres_only() statement
         for text in statement.sqlite_parts:
             self._pending.append((text, params or {}, False))
 
@@ -799,7 +835,7 @@ class _SqliteTransaction:
 
 
 class SqliteDatabase:
-    dialect = "sqlite"
+    dialect = SQLITE
 
     def __init__(
         self, path: str, *, readers: int, timeout: float, statement_timeout: float | None = None

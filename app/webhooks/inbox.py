@@ -22,15 +22,21 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
+from app.connections import feed, store
 from app.connections.model import clean_text
-from app.db.database import Database, Transaction, sql
+from app.db.database import POSTGRES, Database, Transaction, json_select, postgres_only, sql
 from app.db.types import utcnow
 from app.errors import is_database_unavailable
 from app.logs import get_logger
 from app.webhooks.deliveries import DETAIL_COLUMNS
 from app.webhooks.model import DeliveryOutcome
 from app.webhooks.payloads import Envelope
-from app.webhooks.rules import apply_delivery, expected_outcome
+from app.webhooks.rules import (
+    NewConnection,
+    apply_delivery,
+    as_new_connection,
+    expected_outcome,
+)
 
 log = get_logger(__name__)
 
@@ -39,10 +45,35 @@ KEPT_HEADERS = ("content-type", "user-agent", "x-request-id", "x-forwarded-for")
 
 # The columns app.webhooks.deliveries reads, but the generated id, and the dedupe key.
 _INSERT_COLUMNS = ("dedupe_key", *(name for name in DETAIL_COLUMNS if name != "id"))
-INSERT_DELIVERY = sql(
+_INSERT_DELIVERY = (
     f"INSERT INTO deliveries ({', '.join(_INSERT_COLUMNS)})"  # noqa: S608 (fixed names)
     f" VALUES ({', '.join(':' + name for name in _INSERT_COLUMNS)})"
     " ON CONFLICT (dedupe_key) DO NOTHING RETURNING id"
+)
+INSERT_DELIVERY = sql(_INSERT_DELIVERY)
+# Postgres, the common case: an auth delivery whose connection is not stored yet (a creation).
+# The delivery, the connection with its tags, its history row and its feed event in one
+# statement, one round trip instead of three: each data-modifying CTE reads the rows of the one
+# before, so a duplicate delivery inserts nothing at all, and a connection stored already is
+# left alone (the delivery is in; the rules take over in the same transaction). Answers the
+# delivery's ID and the new connection's (NULL when it was stored already); no row: duplicate.
+_IDS = {"connection_pk": "inserted.id", "delivery_id": "delivery.id"}
+_NEW_ROW = json_select("connections", "connection", store.NEW_COLUMNS, "delivery")
+_HISTORY = json_select(
+    "connection_events", "history", store.HISTORY_COLUMNS, **_IDS, sources="delivery, inserted"
+)
+_EVENT = json_select(
+    "feed_events", "event", feed.APPEND_COLUMNS, **_IDS, sources="ordered, delivery, inserted"
+)
+STORE_NEW_CONNECTION = postgres_only(
+    f"WITH delivery AS ({_INSERT_DELIVERY}),"  # noqa: S608 (fixed names)
+    f" inserted AS (INSERT INTO connections ({', '.join(store.NEW_COLUMNS)}) {_NEW_ROW}"
+    " ON CONFLICT (environment, integration_id, connection_id) DO NOTHING RETURNING id, tags),"
+    f" {store.INDEX_INSERTED},"
+    f" history AS (INSERT INTO connection_events ({', '.join(store.HISTORY_COLUMNS)}) {_HISTORY}),"
+    f" {feed.ORDERED},"
+    f" appended AS (INSERT INTO feed_events ({', '.join(feed.APPEND_COLUMNS)}) {_EVENT})"
+    " SELECT delivery.id, inserted.id FROM delivery LEFT JOIN inserted ON true"
 )
 FIND_BY_KEY = sql("SELECT id, received_at FROM deliveries WHERE dedupe_key = :key", lock=True)
 ARCHIVE_KEY = sql(
@@ -96,25 +127,11 @@ async def record_delivery(
     now: datetime | None = None,
 ) -> Stored:
     """Insert the delivery; or, when it is a duplicate, name the one already stored."""
-    key = dedupe_key(body)
-    now = now or utcnow()
-    processed = outcome != DeliveryOutcome.RECORDED or error is not None
-    values = {
-        "dedupe_key": key,
-        "received_at": now,
-        "webhook_type": envelope.webhook_type,
-        "operation": envelope.operation,
-        "success": envelope.success,
-        "environment": envelope.environment,
-        "integration_id": envelope.integration_id,
-        "connection_id": envelope.connection_id,
-        "body": body.decode("utf-8"),
-        "headers": headers,
-        "outcome": str(outcome),
-        "error": error,
-        "processed_at": now if processed else None,
-        "attempts": 1 if processed else 0,
-    }
+    values = delivery_values(
+        body=body, envelope=envelope, headers=headers, outcome=outcome, error=error, now=now
+    )
+    key = values["dedupe_key"]
+    now = values["received_at"]
     # Bounded: each turn either inserts, finds a duplicate, or archives a stale row that a
     # concurrent request had not archived yet.
     repeated = False
@@ -134,6 +151,36 @@ async def record_delivery(
         )
         repeated = True
     raise RuntimeError("could not store the delivery after repeated dedupe conflicts")
+
+
+def delivery_values(
+    *,
+    body: bytes,
+    envelope: Envelope,
+    headers: dict[str, str],
+    outcome: DeliveryOutcome = DeliveryOutcome.RECORDED,
+    error: str | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """The parameters of ``INSERT_DELIVERY``."""
+    now = now or utcnow()
+    processed = outcome != DeliveryOutcome.RECORDED or error is not None
+    return {
+        "dedupe_key": dedupe_key(body),
+        "received_at": now,
+        "webhook_type": envelope.webhook_type,
+        "operation": envelope.operation,
+        "success": envelope.success,
+        "environment": envelope.environment,
+        "integration_id": envelope.integration_id,
+        "connection_id": envelope.connection_id,
+        "body": body.decode("utf-8"),
+        "headers": headers,
+        "outcome": str(outcome),
+        "error": error,
+        "processed_at": now if processed else None,
+        "attempts": 1 if processed else 0,
+    }
 
 
 def failure_text(error: Exception) -> str:
@@ -187,22 +234,38 @@ async def ingest(
         dedupe_window_seconds=dedupe_window_seconds,
     )
 
-    async def store_and_apply(tx: Transaction) -> IngestResult:
-        stored = await store(tx, outcome=expected)
-        delivery_id = stored.delivery_id
-        if stored.duplicate:
-            return IngestResult(delivery_id, "duplicate")
+    async def apply(
+        tx: Transaction, delivery_id: int, *, repeated: bool = False, stored: bool = False
+    ) -> IngestResult:
         outcome = await apply_delivery(
             tx,
             delivery_id=delivery_id,
             payload=payload,
             envelope=envelope,
             default_environment=default_environment,
-            repeated=stored.repeated,
+            repeated=repeated,
+            connection_stored=stored,
         )
         if outcome != expected:
             await tx.execute(SET_OUTCOME, {"outcome": str(outcome), "id": delivery_id})
         return IngestResult(delivery_id, outcome)
+
+    async def store_and_apply(tx: Transaction) -> IngestResult:
+        if tx.dialect == POSTGRES:
+            new = as_new_connection(payload, envelope, default_environment=default_environment)
+            if new is not None:
+                delivery = delivery_values(
+                    body=body, envelope=envelope, headers=headers, outcome=expected
+                )
+                done = await store_new_connection(
+                    tx, new, delivery, apply=partial(apply, stored=True)
+                )
+                if done is not None:
+                    return done
+        stored = await store(tx, outcome=expected)
+        if stored.duplicate:
+            return IngestResult(stored.delivery_id, "duplicate")
+        return await apply(tx, stored.delivery_id, repeated=stored.repeated)
 
     async def store_failed(tx: Transaction, error_text: str) -> IngestResult:
         stored = await store(tx, outcome=DeliveryOutcome.FAILED, error=error_text)
@@ -211,6 +274,29 @@ async def ingest(
         return IngestResult(stored.delivery_id, DeliveryOutcome.FAILED, error_text)
 
     return await apply_or_fail(database, apply=store_and_apply, fail=store_failed)
+
+
+async def store_new_connection(
+    tx: Transaction,
+    new: NewConnection,
+    delivery: dict[str, Any],
+    *,
+    apply: Callable[[Transaction, int], Awaitable[IngestResult]],
+) -> IngestResult | None:
+    """``STORE_NEW_CONNECTION``. When the connection was stored already, the delivery is in and
+    ``apply`` applies it; None when the delivery is a duplicate or a repeat of an earlier body:
+    nothing was written, and ``record_delivery`` sorts that out."""
+    row = await tx.fetchone(
+        STORE_NEW_CONNECTION,
+        {**delivery, "connection": new.connection, "history": new.history, "event": new.event},
+    )
+    if row is None:
+        return None
+    delivery_id, connection_pk = row
+    if connection_pk is None:
+        return await apply(tx, delivery_id)
+    feed.appended(tx, [new.event])
+    return IngestResult(delivery_id, DeliveryOutcome.APPLIED)
 
 
 async def mark_processed(

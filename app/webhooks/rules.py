@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from app.connections import store
+from app.connections import feed, store
 from app.connections.model import (
     ATTRIBUTION_FIELDS,
     COLUMNS,
@@ -95,8 +95,11 @@ async def apply_delivery(
     envelope: Envelope,
     default_environment: str,
     repeated: bool = False,
+    connection_stored: bool = False,
 ) -> DeliveryOutcome:
-    """``repeated``: the same body was applied before (see the rules above)."""
+    """``repeated``: the same body was applied before (see the rules above).
+    ``connection_stored``: this transaction found the auth event's connection stored already
+    (``NewConnection``), so it need not try to insert it."""
     if not isinstance(payload, Mapping):
         return DeliveryOutcome.RECORDED
     if envelope.webhook_type == "auth":
@@ -107,6 +110,7 @@ async def apply_delivery(
             envelope=envelope,
             default_environment=default_environment,
             repeated=repeated,
+            stored=connection_stored,
         )
     if envelope.webhook_type == "sync":
         return await record_sync_result(
@@ -119,7 +123,7 @@ async def apply_delivery(
 class AuthEvent:
     """What one auth delivery says about its connection, read once."""
 
-    delivery_id: int
+    delivery_id: int | None  # None until the database gives the delivery its ID
     operation: str
     success: bool | None
     target: ConnectionStatus
@@ -157,7 +161,11 @@ class AuthEvent:
 
 
 def read_auth_event(
-    payload: Mapping[str, Any], envelope: Envelope, *, delivery_id: int, default_environment: str
+    payload: Mapping[str, Any],
+    envelope: Envelope,
+    *,
+    delivery_id: int | None,
+    default_environment: str,
 ) -> AuthEvent | None:
     """The event, or None when it changes no connection (a failed creation, say)."""
     operation = envelope.operation or ""
@@ -191,13 +199,14 @@ async def apply_auth_event(
     envelope: Envelope,
     default_environment: str,
     repeated: bool = False,
+    stored: bool = False,
 ) -> DeliveryOutcome:
     event = read_auth_event(
         payload, envelope, delivery_id=delivery_id, default_environment=default_environment
     )
     if event is None:
         return DeliveryOutcome.RECORDED
-    connection, created = await store.lock_connection(tx, event.new_values())
+    connection, created = await store.lock_connection(tx, event.new_values(), insert=not stored)
     if created:
         # Inserted with its owner, tags, status and error: nothing left to write but history.
         await store.record_history(tx, [_history(event, connection, None, event.target)])
@@ -206,6 +215,42 @@ async def apply_auth_event(
             event = replace(event, attribution=_missing_only(event.attribution, connection))
         await _apply_to_known(tx, event, connection)
     return DeliveryOutcome.APPLIED
+
+
+@dataclass(frozen=True, slots=True)
+class NewConnection:
+    """What an auth delivery writes if its connection is not stored yet, as JSON objects: the
+    new row, its history row and its one feed event, but for the IDs the database gives the
+    connection and the delivery (``app.webhooks.inbox`` writes them in one statement)."""
+
+    connection: dict[str, Any]
+    history: dict[str, Any]
+    event: dict[str, Any]
+
+
+def as_new_connection(
+    payload: Any, envelope: Envelope, *, default_environment: str
+) -> NewConnection | None:
+    """The writes ``apply_auth_event`` makes when the connection is new, or None when the
+    delivery changes no connection, is not an auth event, or would publish two events (a
+    connection first seen broken: rare, left to the rules)."""
+    if envelope.webhook_type != "auth" or not isinstance(payload, Mapping):
+        return None
+    event = read_auth_event(
+        payload, envelope, delivery_id=None, default_environment=default_environment
+    )
+    if event is None:
+        return None
+    values = event.new_values()
+    history = _history(event, store.unsaved(values), None, event.target)
+    events = feed.events_for([history])
+    if len(events) != 1:
+        return None
+    return NewConnection(
+        connection=values,
+        history={name: history[name] for name in store.HISTORY_COLUMNS},
+        event=events[0],
+    )
 
 
 def _missing_only(attribution: Attribution, connection: Connection) -> Attribution:
