@@ -133,7 +133,7 @@ _INSERT_HISTORY = (
     f" VALUES ({', '.join(':' + name for name in HISTORY_COLUMNS)})"
 )
 INSERT_HISTORY = sql(_INSERT_HISTORY)
-# A history row and the one feed event it makes (a webhook's common case) in one round trip.
+# A history row and the one feed event it makes (the common case of a change) in one round trip.
 INSERT_HISTORY_AND_EVENT = together(
     feed.postgres_append_after(f"history AS ({_INSERT_HISTORY})"), INSERT_HISTORY, feed.APPEND
 )
