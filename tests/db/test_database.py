@@ -13,13 +13,17 @@ from sqlalchemy import Engine
 
 from app.db.database import (
     API_WORK,
+    POSTGRES,
     Database,
     DatabaseTimeout,
     PostgresDatabase,
     QueryTimeout,
     QueryTooComplex,
+    Statement,
     create_database,
+    postgres_only,
     sql,
+    together,
 )
 
 NEVER_ENDS = sql(
@@ -171,3 +175,31 @@ def test_sqlite_reads_beyond_the_readers_queue_and_their_wait_counts_against_the
     assert quick == [[(1,)]] * 10
     assert [type(outcome) for outcome in outcomes] == [QueryTimeout] * 3
     assert "waited past its time limit" in str(outcomes[2])
+
+
+def test_a_postgres_only_statement_runs_on_postgres_and_is_refused_by_sqlite(
+    make_settings: Any, sync_engine: Engine
+) -> None:
+    """``postgres_only`` is for a shortcut sent after checking ``tx.dialect``: SQLite refuses it
+    loudly rather than doing nothing, and ``together()`` statements are for ``execute`` only."""
+    statement = postgres_only("WITH one AS (SELECT 1 AS n) SELECT n + :more FROM one")
+    database = _database(make_settings)
+
+    async def attempt(use: str, chosen: Statement) -> Any:
+        await database.open()
+        try:
+            async with database.transaction() as tx:
+                if use == "execute":
+                    return await tx.execute(chosen, {"more": 1})
+                return await tx.fetchone(chosen, {"more": 1})
+        finally:
+            await database.close()
+
+    if database.dialect == POSTGRES:
+        assert tuple(asyncio.run(attempt("fetchone", statement)) or ()) == (2,)
+        return
+    for use in ("execute", "fetchone"):
+        with pytest.raises(TypeError, match="not a single SQLite statement"):
+            asyncio.run(attempt(use, statement))
+    with pytest.raises(TypeError, match="not a single SQLite statement"):
+        asyncio.run(attempt("fetchone", together("SELECT 1", ONE, ONE)))
