@@ -28,7 +28,7 @@ from datetime import datetime
 from starlette.requests import Request
 
 from app.db.database import Database, sql
-from app.db.types import utcnow
+from app.db.types import unstorable, utcnow
 from app.errors import Forbidden, Unauthorized
 from app.logs import get_logger
 from app.metrics import AUTH_FAILURES
@@ -196,6 +196,8 @@ async def list_api_keys(database: Database) -> list[StoredKey]:
 
 async def revoke_api_key(database: Database, *, name: str) -> str:
     """``revoked``, ``already`` (revoked before) or ``unknown``."""
+    if unstorable(name):
+        return "unknown"
     async with database.transaction() as tx:
         row = await tx.fetchone(FIND_KEY, {"name": name})
         if row is None:

@@ -17,6 +17,7 @@ from typing import Any, Generic, TypedDict, TypeVar, Unpack
 
 from app.connections.model import COLUMNS, LIVE_STATUSES, Connection, ConnectionStatus
 from app.db.database import Row, Statement, Transaction, sql
+from app.db.types import unstorable
 from app.errors import AMBIGUOUS_CONNECTION_ID, CONNECTION_NOT_FOUND, Conflict, NotFound
 
 # What a listing shows unless `status` asks otherwise: deleted connections are history.
@@ -35,12 +36,6 @@ class Page(Generic[T]):
     items: list[T]
     # The id to continue after, or None on the last page.
     next_after_id: int | None
-
-
-def _unstorable(*values: str | None) -> bool:
-    """True if a value holds a NUL. Postgres text cannot, so no stored row matches it, and a
-    lookup by it finds nothing without asking (Postgres would refuse the query)."""
-    return any(value is not None and "\x00" in value for value in values)
 
 
 class ConnectionFilters(TypedDict, total=False):
@@ -152,7 +147,7 @@ async def find_by_connection_id(
     environment: str | None = None,
 ) -> list[Connection]:
     """Every connection (up to ``MAX_CANDIDATES + 1``) a connection ID names, newest first."""
-    if _unstorable(connection_id, integration_id, environment):
+    if unstorable(connection_id, integration_id, environment):
         return []
     statement = _by_connection_id(integration_id is not None, environment is not None)
     params = {
@@ -294,7 +289,7 @@ async def end_user_summary(
     Deleted connections are left out: an integration whose connections are all deleted is not
     connected, the same as one never connected, and is not listed.
     """
-    if _unstorable(end_user_id, environment):
+    if unstorable(end_user_id, environment):
         return []
     statement = SUMMARY if environment is None else SUMMARY_IN_ENVIRONMENT
     rows = await tx.fetchall(statement, {"end_user_id": end_user_id, "environment": environment})

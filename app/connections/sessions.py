@@ -15,7 +15,7 @@ from datetime import datetime
 
 from app.connections.model import COLUMNS, Connection
 from app.db.database import Transaction, sql
-from app.db.types import utcnow
+from app.db.types import unstorable, utcnow
 
 SESSION_TAG = "connect_session_id"
 
@@ -69,6 +69,8 @@ async def remember_session(
 
 async def session_state(tx: Transaction, session_id: str) -> SessionState | None:
     """What became of a session; None when it was never opened here."""
+    if unstorable(session_id):
+        return None
     found = await tx.fetchone(FIND, {"session_id": session_id})
     if found is None:
         return None

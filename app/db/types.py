@@ -13,6 +13,13 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def unstorable(*values: str | None) -> bool:
+    """True if a value holds a NUL. Postgres text cannot, so no stored row matches it, and a
+    lookup by it finds nothing without asking: Postgres would refuse the query (a 400) where
+    SQLite finds nothing (a 404), and a lookup must answer the same on both."""
+    return any(value is not None and "\x00" in value for value in values)
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """Timezone-aware UTC datetimes in and out; SQLite otherwise returns naive values."""
 

@@ -305,3 +305,13 @@ def test_an_expired_session_and_an_unknown_one(
     response = api.get("/v1/connect-sessions/cs_nope", headers=auth_headers)
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "connect_session_not_found"
+
+
+def test_a_session_id_with_nul_is_unknown_on_both_databases(
+    api: TestClient, auth_headers: dict[str, str]
+) -> None:
+    # Postgres text cannot hold NUL, so no session has such an ID: the same 404 as SQLite's.
+    for session_id in ("cs_a%00b", "%00"):
+        response = api.get(f"/v1/connect-sessions/{session_id}", headers=auth_headers)
+        assert response.status_code == 404, response.text
+        assert response.json()["error"]["code"] == "connect_session_not_found"

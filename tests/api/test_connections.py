@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -477,6 +478,37 @@ def test_nul_characters_never_reach_the_database(
     assert client.get("/v1/connections/a%00b/events", headers=auth_headers).status_code == 404
     summary = client.get("/v1/end-users/a%00b/summary", headers=auth_headers)
     assert summary.json()["data"]["integrations"] == []
+
+
+# A valid body for the routes that refuse an empty one before they look the ID up.
+BODIES: dict[str, Any] = {
+    "/v1/connections/{connection_id}": {"tags": {"team": "a"}},
+    "/v1/connections/{connection_id}/metadata": {"metadata": {"plan": "pro"}},
+}
+
+
+def test_an_id_with_nul_in_any_path_answers_as_an_unknown_id(
+    client: TestClient, auth_headers: dict[str, str]
+) -> None:
+    # Postgres would refuse the lookup (a 400) where SQLite finds nothing (a 404): every path
+    # parameter of /openapi.json must answer a NUL as it answers an ID that names nothing.
+    document = client.get("/openapi.json").json()
+    tried = []
+    for path, operations in document["paths"].items():
+        if "{" not in path or path.endswith("/stream"):
+            continue
+        for method in operations:
+            answers = []
+            for value in ("nothing-here", "a%00b"):
+                url = re.sub(r"{\w+}", value, path)
+                body = BODIES.get(path, {}) if "requestBody" in operations[method] else None
+                response = client.request(method.upper(), url, headers=auth_headers, json=body)
+                error = response.json().get("error") or {}
+                answers.append((response.status_code, error.get("code")))
+            assert answers[0] == answers[1], (method, path, answers)
+            tried.append((method, path, answers[0]))
+    assert ("get", "/v1/connect-sessions/{session_id}", (404, "connect_session_not_found")) in tried
+    assert len(tried) >= 10, tried
 
 
 def test_an_unreachable_database_is_503_not_500(make_settings: Any) -> None:

@@ -172,6 +172,16 @@ def test_revoke_stops_the_key(console: TestClient) -> None:
     assert "<code>key_not_found</code>" in unknown.text
 
 
+def test_revoking_a_key_name_with_nul_is_not_found_on_both_databases(console: TestClient) -> None:
+    # Postgres text cannot hold NUL, so no key has such a name: the same 404 as SQLite's.
+    assert post_form(console, "/console/api-keys", {"name": "temp"}).status_code == 201
+    for name in ("temp%00", "%00"):
+        response = post_form(console, f"/console/api-keys/{name}/revoke")
+        assert response.status_code == 404, response.text
+        assert "<code>key_not_found</code>" in response.text
+    assert ">Revoke</button>" in console.get("/console/api-keys").text
+
+
 def _failed_delivery(console: TestClient, sync_engine: Engine, connection_id: str) -> int:
     """A stored delivery whose processing failed (as if the database had gone away)."""
     delivery_id = int(
