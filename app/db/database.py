@@ -337,7 +337,8 @@ class PostgresDatabase:
         statement_timeout: float | None = None,
     ) -> None:
         self._max_size = max_size
-        self._timeout = timeout
+        # How long a request waits for a pooled connection, and API work for its slot.
+        self.pool_timeout = timeout
         self.on_feed_commit: Callable[[], None] | None = None
         self._purging: asyncio.Task[None] | None = None
         self._notifying: asyncio.Task[None] | None = None
@@ -477,7 +478,7 @@ class _PostgresUnit:
         slots = self._database.api_slots
         if slots.locked():
             try:
-                async with asyncio.timeout(self._database._timeout):
+                async with asyncio.timeout(self._database.pool_timeout):
                     await slots.acquire()
             except TimeoutError:
                 raise DatabaseTimeout("timed out waiting for a connection for API work") from None

@@ -130,9 +130,13 @@ def test_api_work_leaves_connections_to_the_rest(make_settings: Any, sync_engine
             # The one API slot (3 connections, 2 kept back) is taken: the next lookup waits,
             # then gives up with a 503's error...
             API_WORK.set(True)
+            started = time.monotonic()
             with pytest.raises(DatabaseTimeout):
                 async with database.reader() as tx:
                     await tx.fetchall(ONE)
+            # ...after the pool's timeout, the one the database names in public.
+            assert database.pool_timeout == 0.5
+            assert 0.45 <= time.monotonic() - started < 2
             # ...while other work gets a connection at once.
             API_WORK.set(False)
             async with asyncio.timeout(2):
