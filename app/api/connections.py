@@ -46,7 +46,6 @@ from app.connections.model import (
     MAX_TAGS,
     Connection,
     ConnectionStatus,
-    check_tag_key,
 )
 from app.connections.queries import ConnectionFilters
 from app.db.database import Transaction
@@ -267,15 +266,7 @@ class ConnectionHistory(Resource):
 
 def reconnect_tags(connection: Connection) -> dict[str, str]:
     """The stored tags that Nango accepts, with the owner filled in: Nango may clear them."""
-    tags = {
-        key: value
-        for key, value in connection.tags.items()
-        if check_tag_key(key) is None and 1 <= len(value) <= 255
-    }
-    for name in ATTRIBUTION_FIELDS:
-        value = getattr(connection, name)
-        if value and name not in tags:
-            tags[name] = value
+    tags = details.stored_tags_for_nango(connection)
     # Nango takes at most ten; the owner's keys are kept first.
     ordered = sorted(tags.items(), key=lambda item: item[0] not in ATTRIBUTION_FIELDS)
     return dict(ordered[:MAX_TAGS])

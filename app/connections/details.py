@@ -278,18 +278,25 @@ async def write_metadata(
     return locked
 
 
-def nango_tags(connection: Connection, update: ConnectionUpdate) -> dict[str, str]:
-    """The whole tag set to send to Nango (which replaces it): the stored tags Nango accepts,
-    the owner as tags, then the update. Raises TagsRefused if Nango would refuse the set."""
-    stored = {
+def stored_tags_for_nango(connection: Connection) -> dict[str, str]:
+    """The stored tags Nango accepts, with the owner's fields as tags where no tag names them:
+    what a connection's tags are at Nango, sent again whole (Nango replaces the set)."""
+    tags = {
         key: value
         for key, value in connection.tags.items()
         if check_tag_key(key) is None and 1 <= len(value) <= MAX_TAG_VALUE
     }
     for name in ATTRIBUTION_FIELDS:
         value = getattr(connection, name)
-        if value and name not in stored:
-            stored[name] = value
+        if value and name not in tags:
+            tags[name] = value
+    return tags
+
+
+def nango_tags(connection: Connection, update: ConnectionUpdate) -> dict[str, str]:
+    """The whole tag set to send to Nango (which replaces it): the stored tags Nango accepts,
+    the owner as tags, then the update. Raises TagsRefused if Nango would refuse the set."""
+    stored = stored_tags_for_nango(connection)
     if not is_email(stored.get("end_user_email") or "user@example.com"):
         # Nango checks the whole set it is sent; a stored address it refuses (an import's)
         # would make the change fail.

@@ -606,26 +606,59 @@ def test_event_cursor_is_bound_to_its_connection(
 # Reconnect sessions -------------------------------------------------------------------------
 
 
-def test_reconnect_sends_the_stored_tags_again(
-    api: TestClient, auth_headers: dict[str, str], fake_nango: FakeNango, sync_engine: Engine
+# What a reconnect session (POST) and a change of tags (PATCH) send Nango, besides the tags.
+RESENDS = [
+    pytest.param(
+        "POST",
+        "/reconnect-session",
+        None,
+        "/connect/sessions/reconnect",
+        {"connection_id": "conn-1", "integration_id": "github"},
+        {},
+        id="reconnect",
+    ),
+    pytest.param(
+        "PATCH",
+        "",
+        {"tags": {"plan": "pro"}},
+        "/connections/conn-1",
+        {},
+        {"plan": "pro"},
+        id="patch",
+    ),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "sent_to", "envelope", "added"), RESENDS)
+def test_the_stored_tags_are_sent_again_as_nango_accepts_them_with_the_owner(
+    api: TestClient,
+    auth_headers: dict[str, str],
+    fake_nango: FakeNango,
+    sync_engine: Engine,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None,
+    sent_to: str,
+    envelope: dict[str, str],
+    added: dict[str, str],
 ) -> None:
+    # Both send the whole set (Nango replaces it): a tag Nango would refuse stays here, an
+    # owner field no tag names joins it, and a tag wins over the field of its name.
     fake_nango.add_connection(connection_id="conn-1", integration_id="github")
     add_connection(
         sync_engine,
-        end_user_id="user-1",
-        organization_id="org-1",
-        tags={"end_user_id": "user-1", "team": "core", "bad key": "dropped"},
         connection_id="conn-1",
+        end_user_id="u1",
+        organization_display_name="Acme",
+        tags={"end_user_id": "tagged-u1", "team": "core", "bad key": "x", "empty": ""},
     )
-    response = api.post("/v1/connections/conn-1/reconnect-session", headers=auth_headers)
-    assert response.status_code == 201, response.text
-    assert response.json()["token"].startswith("nango_connect_session_")
-    [sent] = fake_nango.requests_to("POST", "/connect/sessions/reconnect")
-    assert sent.body == {
-        "connection_id": "conn-1",
-        "integration_id": "github",
-        "tags": {"end_user_id": "user-1", "organization_id": "org-1", "team": "core"},
-    }
+    response = api.request(method, f"/v1/connections/conn-1{path}", headers=auth_headers, json=body)
+    assert response.is_success, response.text
+    if method == "POST":
+        assert response.json()["token"].startswith("nango_connect_session_")
+    [sent] = fake_nango.requests_to(method, sent_to)
+    tags = {"end_user_id": "tagged-u1", "organization_display_name": "Acme", "team": "core"}
+    assert sent.body == {**envelope, "tags": {**tags, **added}}
 
 
 def test_reconnect_of_a_connection_nango_no_longer_has_is_404(
