@@ -19,10 +19,15 @@ import pytest
 from sqlalchemy import Engine, text
 from starlette.testclient import TestClient
 
+from app.db.database import RESERVED_CONNECTIONS, SQLITE_READERS
 from tests.security.attacker import BEARER, Answer, Server, serve
 from tests.webhooks.helpers import auth_body, sign
 
+POOL_SIZE, MAX_OVERFLOW = 5, 2
 FLOOD = 12  # concurrent lookups: more than the pool's 7 connections
+WAIT_SECONDS = 10.0
+# The line each slow lookup logs as it starts (tests/security/slow, not imported: it patches).
+STARTED = "slow_lookup_started"
 STATEMENT_TIMEOUT = 2.0
 LOOKUP = "/v1/connections?tag[plan]=pro"
 
@@ -38,6 +43,21 @@ def _webhook(server: Server, connection_id: str) -> Answer:
     )
 
 
+def _slots(engine: Engine) -> int:
+    """How many lookups run at once: the API's share of the pool, or SQLite's readers."""
+    if engine.dialect.name == "postgresql":
+        return POOL_SIZE + MAX_OVERFLOW - RESERVED_CONNECTIONS
+    return SQLITE_READERS
+
+
+def _wait_for_lookups(server: Server, count: int, what: str) -> None:
+    """Until ``count`` slow lookups have started (each says so as it sends its statement)."""
+    deadline = time.monotonic() + WAIT_SECONDS
+    while sum(line.get("event") == STARTED for line in server.lines()) < count:
+        assert time.monotonic() < deadline, f"{what}: not within {WAIT_SECONDS} s"
+        time.sleep(0.02)
+
+
 def _flood(server: Server, stop: threading.Event, answers: list[Answer]) -> None:
     while not stop.is_set():
         answers.append(server.request("GET", LOOKUP, BEARER, timeout=30))
@@ -46,15 +66,19 @@ def _flood(server: Server, stop: threading.Event, answers: list[Answer]) -> None
 def test_a_flood_of_slow_lookups_starves_no_webhook(
     tmp_path: Path, database_url: str, sync_engine: Engine
 ) -> None:
-    settings = {"DATABASE_STATEMENT_TIMEOUT_SECONDS": str(STATEMENT_TIMEOUT)}
+    settings = {
+        "DATABASE_STATEMENT_TIMEOUT_SECONDS": str(STATEMENT_TIMEOUT),
+        "DATABASE_POOL_SIZE": str(POOL_SIZE),
+        "DATABASE_MAX_OVERFLOW": str(MAX_OVERFLOW),
+    }
     with serve(tmp_path, database_url, slow_lookups="yes", **settings) as server:
         stop = threading.Event()
         answers: list[Answer] = []
         with ThreadPoolExecutor(FLOOD) as pool:
             for _ in range(FLOOD):
                 pool.submit(_flood, server, stop, answers)
-            time.sleep(0.5)  # every API slot is taken by now
             try:
+                _wait_for_lookups(server, _slots(sync_engine), "every API slot taken")
                 webhooks = [_webhook(server, f"flood-{n}") for n in range(3)]
                 probes = [server.request("GET", "/healthz") for _ in range(5)]
             finally:
@@ -89,7 +113,7 @@ def test_a_lookup_whose_client_leaves_is_cancelled(
     with serve(tmp_path, database_url, slow_lookups="yes", **settings) as server:
         with server.connect() as sock:
             sock.sendall(f"GET {LOOKUP} HTTP/1.1\r\nHost: x\r\n{BEARER}\r\n\r\n".encode())
-            time.sleep(0.5)
+            _wait_for_lookups(server, 1, "the lookup's start")
         left = time.monotonic()
         # Its access line is written once its work is cancelled: long before 30 s.
         deadline = left + 5

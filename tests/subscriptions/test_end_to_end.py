@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import Engine, text
 from starlette.testclient import TestClient
 
+from app.subscriptions.dispatcher import Claimed, Dispatcher
 from tests import secret_scan
 from tests.subscriptions.subscriber import Received, Subscriber, wait_for
 from tests.webhooks.helpers import auth_body, signed_headers
@@ -234,15 +235,29 @@ def _queued(engine: Engine) -> dict[int, list[int]]:
 
 
 def test_a_committed_webhook_reaches_a_subscriber_without_waiting_for_the_poll(
-    make: Any, auth_headers: dict[str, str], subscribers: list[Subscriber]
+    make: Any,
+    auth_headers: dict[str, str],
+    subscribers: list[Subscriber],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The receiver's commit (and on Postgres the feed's NOTIFY) wakes the dispatcher: with a
     one-minute poll, the event still arrives at once."""
+    looks: list[int] = []  # what each of the dispatcher's claims took
+    claim = Dispatcher.claim
+
+    async def counted(self: Dispatcher) -> list[Claimed]:
+        claimed = await claim(self)
+        looks.append(len(claimed))
+        return claimed
+
+    monkeypatch.setattr(Dispatcher, "claim", counted)
     client = make(subscription_poll_seconds=60)
     subscriber = Subscriber().start()
     subscribers.append(subscriber)
     subscribe(client, auth_headers, subscriber)
-    time.sleep(0.3)  # the dispatcher's look after the creation finds nothing, then waits
+    # The look the creation causes finds nothing, and the dispatcher waits: sent before that
+    # look, the webhook's event would be found by it, whatever woke the dispatcher.
+    wait_for(lambda: len(looks) > 0, 10, "the dispatcher's look after the subscription's creation")
     webhook(client, connection_id="prompt")
     wait_for(lambda: len(subscriber.accepted()) == 1, 5)
     assert subscriber.received[0].connection_id == "prompt"
