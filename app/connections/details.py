@@ -279,8 +279,9 @@ async def write_metadata(
 
 
 def stored_tags_for_nango(connection: Connection) -> dict[str, str]:
-    """The stored tags Nango accepts, with the owner's fields as tags where no tag names them:
-    what a connection's tags are at Nango, sent again whole (Nango replaces the set)."""
+    """The stored tags Nango accepts, with the owner's fields as tags where no tag names them
+    and without an email address Nango would refuse: what a connection's tags are at Nango,
+    sent again whole (Nango replaces the set)."""
     tags = {
         key: value
         for key, value in connection.tags.items()
@@ -290,18 +291,17 @@ def stored_tags_for_nango(connection: Connection) -> dict[str, str]:
         value = getattr(connection, name)
         if value and name not in tags:
             tags[name] = value
+    if not is_email(tags.get("end_user_email") or "user@example.com"):
+        # Nango checks the whole set it is sent; a stored address it refuses (an import's)
+        # would make the change or the reconnect session fail.
+        del tags["end_user_email"]
     return tags
 
 
 def nango_tags(connection: Connection, update: ConnectionUpdate) -> dict[str, str]:
     """The whole tag set to send to Nango (which replaces it): the stored tags Nango accepts,
     the owner as tags, then the update. Raises TagsRefused if Nango would refuse the set."""
-    stored = stored_tags_for_nango(connection)
-    if not is_email(stored.get("end_user_email") or "user@example.com"):
-        # Nango checks the whole set it is sent; a stored address it refuses (an import's)
-        # would make the change fail.
-        del stored["end_user_email"]
-    tags = merged_tags(stored, {**update.owner, **update.tags})
+    tags = merged_tags(stored_tags_for_nango(connection), {**update.owner, **update.tags})
     if len(tags) > MAX_TAGS:
         raise TagsRefused(
             f"the connection would have {len(tags)} tags and Nango takes at most {MAX_TAGS}"

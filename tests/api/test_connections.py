@@ -643,12 +643,14 @@ def test_the_stored_tags_are_sent_again_as_nango_accepts_them_with_the_owner(
     added: dict[str, str],
 ) -> None:
     # Both send the whole set (Nango replaces it): a tag Nango would refuse stays here, an
-    # owner field no tag names joins it, and a tag wins over the field of its name.
+    # owner field no tag names joins it, a tag wins over the field of its name, and an email
+    # address Nango refuses (an import's) is left out, or Nango would refuse the whole set.
     fake_nango.add_connection(connection_id="conn-1", integration_id="github")
     add_connection(
         sync_engine,
         connection_id="conn-1",
         end_user_id="u1",
+        end_user_email="u1 at acme",
         organization_display_name="Acme",
         tags={"end_user_id": "tagged-u1", "team": "core", "bad key": "x", "empty": ""},
     )
