@@ -26,7 +26,9 @@ class Answer:
     headers: dict[str, str]
     body: bytes
     seconds: float
-    closed: bool  # the server closed the connection after answering
+    # Whether the server closed the connection after answering; None unless asked for
+    # (``watch_close=True``): seeing that it stays open costs a wait, EOF comes at once.
+    closed: bool | None = None
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -49,12 +51,13 @@ class Server:
     def connect(self, timeout: float = 10.0) -> socket.socket:
         return socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
 
-    def send(self, raw: bytes, *, timeout: float = 10.0) -> Answer:
-        """Send ``raw`` as it is on a new connection; read one answer."""
+    def send(self, raw: bytes, *, timeout: float = 10.0, watch_close: bool = False) -> Answer:
+        """Send ``raw`` as it is on a new connection; read one answer (and, with
+        ``watch_close``, whether the server then closes the connection)."""
         with self.connect(timeout) as sock:
             started = time.monotonic()
             sock.sendall(raw)
-            return read_answer(sock, started)
+            return read_answer(sock, started, watch_close=watch_close)
 
     def request(
         self, method: str, path: str, *headers: str, body: bytes = b"", timeout: float = 10.0
@@ -73,7 +76,7 @@ class Server:
         return self.served.text()
 
 
-def read_answer(sock: socket.socket, started: float) -> Answer:
+def read_answer(sock: socket.socket, started: float, *, watch_close: bool = False) -> Answer:
     """One HTTP/1.1 answer (Content-Length framed, as this service answers)."""
     data = b""
     while b"\r\n\r\n" not in data:
@@ -99,11 +102,12 @@ def read_answer(sock: socket.socket, started: float) -> Answer:
         headers=headers,
         body=rest[:length],
         seconds=seconds,
-        closed=_closed(sock),
+        closed=_closed(sock) if watch_close else None,
     )
 
 
 def _closed(sock: socket.socket) -> bool:
+    # EOF ends the wait as soon as it comes; only a connection kept open waits it out.
     sock.settimeout(2.0)
     try:
         return sock.recv(1) == b""

@@ -33,7 +33,9 @@ def _head(method: str, path: str, *headers: str) -> bytes:
 
 def test_bodies_past_their_limit_are_refused_while_reading(server: Server) -> None:
     # Declared: refused before a byte of it is read.
-    declared = server.send(_head("POST", SESSION, BEARER, "Content-Length: 100000000"))
+    declared = server.send(
+        _head("POST", SESSION, BEARER, "Content-Length: 100000000"), watch_close=True
+    )
     assert declared.status == 413
     assert declared.closed
     # Not declared (chunked): refused once 64 KB have come, not after the 10 MB on offer.
