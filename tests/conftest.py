@@ -53,6 +53,18 @@ TABLES = (
     "connect_sessions",
 )
 
+# The sequences behind TABLES' identity and serial columns, each set back to its start.
+RESTART_SEQUENCES = text(
+    """
+    SELECT setval(s.seqrelid, s.seqstart, false)
+    FROM pg_sequence s
+    JOIN pg_depend d ON d.objid = s.seqrelid AND d.classid = 'pg_class'::regclass
+        AND d.deptype IN ('a', 'i')
+    JOIN pg_class t ON t.oid = d.refobjid
+    WHERE t.relname = ANY(:tables)
+    """
+)
+
 
 def pytest_configure(config: pytest.Config) -> None:
     # Issue 8: every log line of the session is checked for these secrets when it ends.
@@ -142,12 +154,14 @@ def _clean_database(request: pytest.FixtureRequest) -> Iterator[None]:
     if "sync_engine" not in request.fixturenames:
         return
     engine: Engine = request.getfixturevalue("sync_engine")
+    # DELETE, children first, on both databases: on Postgres a TRUNCATE of these tables costs
+    # ~75 ms a test (new files for every table and index), DELETE of a test's rows ~2 ms. The
+    # ids then start again at 1, as TRUNCATE ... RESTART IDENTITY made them.
     with engine.begin() as conn:
+        for table in TABLES:
+            conn.execute(text(f"DELETE FROM {table}"))  # noqa: S608 (fixed table names)
         if engine.dialect.name == "postgresql":
-            conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
-        else:
-            for table in TABLES:
-                conn.execute(text(f"DELETE FROM {table}"))  # noqa: S608 (fixed table names)
+            conn.execute(RESTART_SEQUENCES, {"tables": list(TABLES)})
 
 
 @pytest.fixture
