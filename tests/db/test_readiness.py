@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psycopg
@@ -45,7 +46,10 @@ def one_line(ran: Ran) -> str:
 
 def every_command(tmp_path: Path, env: dict[str, str]) -> set[str]:
     env = {"NANGO_SECRET_KEY": "k", "DATABASE_POOL_TIMEOUT_SECONDS": "1", **env}
-    return {one_line(run_cli(*argv, cwd=tmp_path, env=env, stdin=CSV)) for argv in COMMANDS}
+    # At once: each is a process that mostly starts up and waits (~2 s), and none sees another.
+    with ThreadPoolExecutor(len(COMMANDS)) as pool:
+        ran = pool.map(lambda argv: run_cli(*argv, cwd=tmp_path, env=env, stdin=CSV), COMMANDS)
+        return {one_line(each) for each in ran}
 
 
 def test_a_missing_sqlite_file_is_named_and_not_created(tmp_path: Path) -> None:
