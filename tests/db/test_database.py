@@ -20,6 +20,7 @@ from app.db.database import (
     QueryTimeout,
     QueryTooComplex,
     Statement,
+    _SqliteTransaction,
     create_database,
     postgres_only,
     sql,
@@ -163,22 +164,33 @@ def test_sqlite_reads_beyond_the_readers_queue_and_their_wait_counts_against_the
         async with database.reader() as tx:
             return await tx.fetchall(statement)
 
-    async def scenario() -> tuple[list[Any], list[BaseException | Any]]:
+    async def hold(seconds: float) -> None:
+        """Keep a reader's thread busy with work its time limit cannot cut short, so that
+        whatever waits behind it waits that long (a statement would stop at the limit, only
+        microseconds apart from the deadline of the read behind it: a race)."""
+        async with database.reader() as tx:
+            assert isinstance(tx, _SqliteTransaction)
+            await tx._connection.run(time.sleep, seconds)
+
+    async def scenario() -> tuple[list[Any], list[BaseException | Any], BaseException | Any]:
         await database.open()
         try:
             quick = await asyncio.gather(*(read(ONE) for _ in range(10)))
-            # Both readers busy to their limit, a third read queued behind one of them.
-            outcomes = await asyncio.gather(
-                read(NEVER_ENDS), read(NEVER_ENDS), read(ONE), return_exceptions=True
-            )
-            return quick, list(outcomes)
+            # Both readers busy past the limit, a third read queued behind one of them.
+            outcomes = await asyncio.gather(hold(1.0), hold(1.0), read(ONE), return_exceptions=True)
+            stopped = (await asyncio.gather(read(NEVER_ENDS), return_exceptions=True))[0]
+            return quick, list(outcomes), stopped
         finally:
             await database.close()
 
-    quick, outcomes = asyncio.run(scenario())
+    quick, outcomes, stopped = asyncio.run(scenario())
     assert quick == [[(1,)]] * 10
-    assert [type(outcome) for outcome in outcomes] == [QueryTimeout] * 3
+    assert outcomes[:2] == [None, None]
+    assert isinstance(outcomes[2], QueryTimeout)
     assert "waited past its time limit" in str(outcomes[2])
+    # A statement that runs past the limit is stopped by it, not by waiting.
+    assert isinstance(stopped, QueryTimeout)
+    assert "waited" not in str(stopped)
 
 
 def test_a_postgres_only_statement_runs_on_postgres_and_is_refused_by_sqlite(
