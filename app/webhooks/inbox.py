@@ -32,7 +32,6 @@ from app.webhooks.deliveries import DETAIL_COLUMNS
 from app.webhooks.model import DeliveryOutcome
 from app.webhooks.payloads import Envelope
 from app.webhooks.rules import (
-    NewConnection,
     apply_delivery,
     as_new_connection,
     expected_outcome,
@@ -116,20 +115,10 @@ class Stored:
 
 
 async def record_delivery(
-    tx: Transaction,
-    *,
-    body: bytes,
-    envelope: Envelope,
-    headers: dict[str, str],
-    dedupe_window_seconds: int,
-    outcome: DeliveryOutcome = DeliveryOutcome.RECORDED,
-    error: str | None = None,
-    now: datetime | None = None,
+    tx: Transaction, values: dict[str, Any], *, dedupe_window_seconds: int
 ) -> Stored:
-    """Insert the delivery; or, when it is a duplicate, name the one already stored."""
-    values = delivery_values(
-        body=body, envelope=envelope, headers=headers, outcome=outcome, error=error, now=now
-    )
+    """Insert the delivery (``values``: from ``delivery_values``); or, when it is a duplicate,
+    name the one already stored."""
     key = values["dedupe_key"]
     now = values["received_at"]
     # Bounded: each turn either inserts, finds a duplicate, or archives a stale row that a
@@ -226,13 +215,7 @@ async def ingest(
 ) -> IngestResult:
     """Store and apply one delivery; returns once it is committed."""
     expected = expected_outcome(envelope)
-    store = partial(
-        record_delivery,
-        body=body,
-        envelope=envelope,
-        headers=headers,
-        dedupe_window_seconds=dedupe_window_seconds,
-    )
+    values = partial(delivery_values, body=body, envelope=envelope, headers=headers)
 
     async def apply(
         tx: Transaction, delivery_id: int, *, repeated: bool = False, stored: bool = False
@@ -251,24 +234,23 @@ async def ingest(
         return IngestResult(delivery_id, outcome)
 
     async def store_and_apply(tx: Transaction) -> IngestResult:
-        if tx.dialect == POSTGRES:
-            new = as_new_connection(payload, envelope, default_environment=default_environment)
-            if new is not None:
-                delivery = delivery_values(
-                    body=body, envelope=envelope, headers=headers, outcome=expected
-                )
-                done = await store_new_connection(
-                    tx, new, delivery, apply=partial(apply, stored=True)
-                )
-                if done is not None:
-                    return done
-        stored = await store(tx, outcome=expected)
+        delivery = values(outcome=expected)
+        written = await store_new_connection(
+            tx, delivery, payload, envelope, default_environment=default_environment
+        )
+        if written is not None:
+            delivery_id, created = written
+            if created:
+                return IngestResult(delivery_id, DeliveryOutcome.APPLIED)
+            return await apply(tx, delivery_id, stored=True)
+        stored = await record_delivery(tx, delivery, dedupe_window_seconds=dedupe_window_seconds)
         if stored.duplicate:
             return IngestResult(stored.delivery_id, "duplicate")
         return await apply(tx, stored.delivery_id, repeated=stored.repeated)
 
     async def store_failed(tx: Transaction, error_text: str) -> IngestResult:
-        stored = await store(tx, outcome=DeliveryOutcome.FAILED, error=error_text)
+        failed = values(outcome=DeliveryOutcome.FAILED, error=error_text)
+        stored = await record_delivery(tx, failed, dedupe_window_seconds=dedupe_window_seconds)
         if stored.duplicate:  # a concurrent copy of this delivery got in first
             return IngestResult(stored.delivery_id, "duplicate")
         return IngestResult(stored.delivery_id, DeliveryOutcome.FAILED, error_text)
@@ -278,14 +260,22 @@ async def ingest(
 
 async def store_new_connection(
     tx: Transaction,
-    new: NewConnection,
     delivery: dict[str, Any],
+    payload: Any,
+    envelope: Envelope,
     *,
-    apply: Callable[[Transaction, int], Awaitable[IngestResult]],
-) -> IngestResult | None:
-    """``STORE_NEW_CONNECTION``. When the connection was stored already, the delivery is in and
-    ``apply`` applies it; None when the delivery is a duplicate or a repeat of an earlier body:
-    nothing was written, and ``record_delivery`` sorts that out."""
+    default_environment: str,
+) -> tuple[int, bool] | None:
+    """``STORE_NEW_CONNECTION``, on Postgres for a delivery ``as_new_connection`` can write:
+    ``(delivery ID, whether the connection was created)``. When it was stored already, the
+    delivery is in and the rules must apply it. None, with nothing written, when the shortcut
+    does not apply (SQLite, another kind of delivery) or the delivery is a duplicate or a
+    repeat of an earlier body: ``record_delivery`` and the rules take it from there."""
+    if tx.dialect != POSTGRES:
+        return None
+    new = as_new_connection(payload, envelope, default_environment=default_environment)
+    if new is None:
+        return None
     row = await tx.fetchone(
         STORE_NEW_CONNECTION,
         {**delivery, "connection": new.connection, "history": new.history, "event": new.event},
@@ -293,10 +283,9 @@ async def store_new_connection(
     if row is None:
         return None
     delivery_id, connection_pk = row
-    if connection_pk is None:
-        return await apply(tx, delivery_id)
-    feed.appended(tx, [new.event])
-    return IngestResult(delivery_id, DeliveryOutcome.APPLIED)
+    if connection_pk is not None:
+        feed.appended(tx, [new.event])
+    return delivery_id, connection_pk is not None
 
 
 async def mark_processed(
