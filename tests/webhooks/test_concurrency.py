@@ -26,6 +26,7 @@ from starlette.applications import Starlette
 from app.application import create_app
 from app.db.tables import DeliveryTable
 from app.db.types import utcnow
+from app.webhooks import inbox
 from tests.webhooks.helpers import signed_headers
 from tests.webhooks.rules_model import (
     CREATION,
@@ -215,12 +216,32 @@ async def test_every_arrival_order_twice_ends_in_the_state_the_rules_give(
         )
 
 
+@pytest.mark.parametrize(
+    "first_events",
+    [
+        # One takes Postgres's one-statement path (inbox.STORE_NEW_CONNECTION), one the rules'.
+        pytest.param((CREATION, REFRESH_FAILED), id="statement-and-rules"),
+        # Both take it: one creates the row, the other finds it and leaves the rest to the rules.
+        pytest.param((CREATION, OVERRIDE_OK), id="statement-twice"),
+    ],
+)
 async def test_concurrent_first_events_for_a_new_connection_create_one_row(
-    parallel_app: Starlette, sync_engine: Engine
+    parallel_app: Starlette,
+    sync_engine: Engine,
+    monkeypatch: pytest.MonkeyPatch,
+    first_events: tuple[Any, ...],
 ) -> None:
-    first_events = (CREATION, REFRESH_FAILED)
     connection_ids = [f"race-{number}" for number in range(10)]
     bodies = [item.body(cid) for cid in connection_ids for item in first_events]
+    paths: Counter[bool | None] = Counter()
+    shortcut = inbox.store_new_connection
+
+    async def noted(*args: Any, **kwargs: Any) -> Any:
+        result = await shortcut(*args, **kwargs)
+        paths[None if result is None else result[1]] += 1
+        return result
+
+    monkeypatch.setattr(inbox, "store_new_connection", noted)
     meter = OverlapMeter()
     async with running(parallel_app) as client:
         meter.attach(parallel_app)
@@ -233,6 +254,15 @@ async def test_concurrent_first_events_for_a_new_connection_create_one_row(
         assert observed(sync_engine, cid) in possible
         assert sum(stored_bodies(sync_engine, cid).values()) == len(first_events)
     assert count(sync_engine, "connections") == len(connection_ids)
+    if sync_engine.dialect.name == "postgresql" and OVERRIDE_OK in first_events:
+        assert paths == {True: len(connection_ids), False: len(connection_ids)}
+    elif sync_engine.dialect.name == "postgresql":
+        # The creation's statement finds the row stored when the rules' insert won the race
+        # (which one wins is the race's: the case above is the one that always takes both).
+        assert paths[None] == len(connection_ids)
+        assert paths[True] + paths[False] == len(connection_ids)
+    else:
+        assert paths == {None: len(bodies)}
 
 
 async def test_a_whole_event_set_at_once_twice_ends_in_a_state_some_order_gives(
