@@ -153,10 +153,15 @@ def _clean_database(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
     if "sync_engine" not in request.fixturenames:
         return
-    engine: Engine = request.getfixturevalue("sync_engine")
-    # DELETE, children first, on both databases: on Postgres a TRUNCATE of these tables costs
-    # ~75 ms a test (new files for every table and index), DELETE of a test's rows ~2 ms. The
-    # ids then start again at 1, as TRUNCATE ... RESTART IDENTITY made them.
+    empty_tables(request.getfixturevalue("sync_engine"))
+
+
+def empty_tables(engine: Engine) -> None:
+    """Every row gone and the ids starting again at 1, as after migrating.
+
+    DELETE, children first, on both databases: on Postgres a TRUNCATE of these tables costs
+    ~75 ms a test (new files for every table and index), DELETE of a test's rows ~2 ms.
+    """
     with engine.begin() as conn:
         for table in TABLES:
             conn.execute(text(f"DELETE FROM {table}"))  # noqa: S608 (fixed table names)

@@ -15,7 +15,7 @@ from app.application import create_app
 from app.db.types import utcnow
 from app.webhooks import inbox
 from app.webhooks.signature import verify_signature
-from tests.conftest import TABLES, TEST_SIGNING_KEY
+from tests.conftest import TEST_SIGNING_KEY, empty_tables
 from tests.rows import all_connections, connection_row, feed, history, indexed_tags
 from tests.webhooks.helpers import (
     BY_NAME,
@@ -703,8 +703,7 @@ def test_the_one_statement_path_writes_what_the_rules_write(
     assert taken == [True, True, True, True, None, False, None, False, None, False]
     assert answers == ["applied"] * 8 + ["recorded", "applied"]
 
-    with sync_engine.begin() as conn:
-        conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+    empty_tables(sync_engine)
     with monkeypatch.context() as patch:
         patch.setattr(inbox, "as_new_connection", lambda *args, **kwargs: None)
         assert deliver() == (answers, with_shortcut)
